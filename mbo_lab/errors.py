@@ -1,0 +1,63 @@
+"""The package's exception types.
+
+Every error raised on purpose by mbo_lab is a :class:`MboLabError`, with a message that
+says what was wrong, where (file, record index) and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MboLabError",
+    "DataError",
+    "NotDbnError",
+    "WrongSchemaError",
+    "UnsupportedVersionError",
+    "TruncatedFileError",
+    "ConfigError",
+    "EngineError",
+]
+
+
+class MboLabError(Exception):
+    """Base class of every error mbo_lab raises on purpose."""
+
+
+class DataError(MboLabError):
+    """Input data could not be read (missing file, bad content)."""
+
+
+class NotDbnError(DataError):
+    """The file is not Databento Binary Encoding (DBN), plain or Zstandard-compressed."""
+
+
+class WrongSchemaError(DataError):
+    """The DBN file holds another schema than MBO (market by order)."""
+
+
+class UnsupportedVersionError(DataError):
+    """The DBN version is not one mbo_lab reads (1 to 3)."""
+
+
+class TruncatedFileError(DataError):
+    """The file ends in the middle of a record.
+
+    Attributes
+    ----------
+    records_read : int
+        How many whole records precede the cut.
+    byte_offset : int
+        File offset (bytes) where the incomplete record starts.
+    """
+
+    def __init__(self, message: str, records_read: int = 0, byte_offset: int = 0):
+        super().__init__(message)
+        self.records_read = records_read
+        self.byte_offset = byte_offset
+
+
+class ConfigError(MboLabError):
+    """A setting (keyword argument or MBO_LAB_* environment variable) has a bad value."""
+
+
+class EngineError(MboLabError):
+    """A book engine was misused (unknown engine name, bad arguments)."""
