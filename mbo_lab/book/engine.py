@@ -1,0 +1,242 @@
+"""Book engines: the Numba kernel and the reference book behind one interface.
+
+An engine keeps the state of every book of a stream between calls, so a stream can be
+fed chunk by chunk with results equal to one pass::
+
+    >>> eng = NumbaEngine(levels=10)
+    >>> frames = eng.apply(data.records)        # doctest: +SKIP
+
+``make_engine("numba" | "reference")`` picks one by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import EngineError
+from ..io.records import F_LAST, MBO_DTYPE, SIDE_ASK, SIDE_BID, UNDEF_PRICE, kernel_view
+from . import kernel as K
+from .frames import BookFrames
+from .reference import COUNTER_NAMES, Market, _iter_fields
+from .state import BookState
+
+__all__ = ["Engine", "NumbaEngine", "ReferenceEngine", "make_engine", "ENGINES"]
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("numba", "reference")
+
+
+class Engine(Protocol):
+    levels: int
+    records_applied: int
+
+    def apply(self, records: np.ndarray, base_index: int | None = None) -> BookFrames: ...
+
+    @property
+    def counters(self) -> dict[str, int]: ...
+
+
+def _check_records(records: np.ndarray) -> np.ndarray:
+    if not isinstance(records, np.ndarray) or records.dtype.itemsize != 56 or \
+            records.dtype.names is None or "action" not in records.dtype.names:
+        raise EngineError(
+            "engines take MBO records: a NumPy structured array in Databento's MBO layout "
+            "(mbo_lab.MBO_DTYPE); pass MboData.records or load a file with mbo_lab.load()"
+        )
+    return records
+
+
+class NumbaEngine:
+    """The Numba kernel over a :class:`BookState`.
+
+    Parameters
+    ----------
+    levels : int
+        Levels per side written at every F_LAST (1 = BBO).
+    state : BookState, optional
+        Start from this state (e.g. a checkpoint copy); a new empty one by default.
+    trades : bool
+        Also collect the record indices of Trade records.
+    """
+
+    name = "numba"
+
+    def __init__(self, levels: int = 10, state: BookState | None = None, trades: bool = True):
+        if levels < 1:
+            raise EngineError(f"levels must be >= 1, got {levels}")
+        self.levels = int(levels)
+        self.state = state if state is not None else BookState()
+        self.trades = trades
+        self.records_applied = 0
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Anomaly counters since the start (see :mod:`mbo_lab.book.reference`)."""
+        return dict(zip(COUNTER_NAMES, self.state.counters.tolist()))
+
+    def apply(self, records: np.ndarray, base_index: int | None = None) -> BookFrames:
+        """Apply records in order; return the book states at their F_LAST records.
+
+        ``base_index`` is the index of ``records[0]`` in the stream (defaults to the number
+        of records applied so far), used for :attr:`BookFrames.index`.
+        """
+        recs = kernel_view(_check_records(records))
+        base = self.records_applied if base_index is None else int(base_index)
+        n_last = int(np.count_nonzero(recs["flags"] & F_LAST)) if len(recs) else 0
+        out = BookFrames.empty(n_last, self.levels)
+        if self.trades and len(recs):
+            trade_idx = np.zeros(int(np.count_nonzero(recs["action"] == ord("T"))), np.int64)
+        else:
+            trade_idx = np.zeros(0, np.int64)
+        i, n_out, n_tr = 0, 0, 0
+        while True:
+            i, status, n_out, n_tr = K.apply_records(
+                *self.state.as_tuple(), recs, i, len(recs), self.levels, out.index,
+                out.bid_px, out.bid_sz, out.bid_ct, out.ask_px, out.ask_sz, out.ask_ct,
+                out.cross, n_out, trade_idx, n_tr, base,
+            )
+            if status == K.OK:
+                break
+            self.state.grow(status)
+        self.records_applied += len(recs)
+        out.trades = trade_idx[:n_tr]
+        out.counters = self.counters
+        return out
+
+    # ---- queries on the current state
+    def _book(self, instrument_id: int, publisher_id: int) -> int:
+        return self.state.book_index(instrument_id, publisher_id)
+
+    def top(self, instrument_id: int, publisher_id: int, levels: int | None = None
+            ) -> BookFrames:
+        """Current top ``levels`` of one book as a one-row :class:`BookFrames`."""
+        n = self.levels if levels is None else levels
+        out = BookFrames.empty(1, n)
+        b = self._book(instrument_id, publisher_id)
+        a = self.state.arrays
+        out.cross[0] = K.write_levels(a["seg"], a["pool"], a["lvl"], b, n, 0, out.bid_px,
+                                      out.bid_sz, out.bid_ct, out.ask_px, out.ask_sz,
+                                      out.ask_ct)
+        out.index[0] = self.records_applied - 1
+        return out
+
+    def order(self, instrument_id: int, publisher_id: int, order_id: int) -> dict | None:
+        """A live order as a dict (side 'B'/'A', price fixed-point, size, ts_recv ns,
+        queue position = size ahead in lots), or None."""
+        b = self._book(instrument_id, publisher_id)
+        if b < 0:
+            return None
+        a = self.state.arrays
+        oid = np.uint64(order_id).view(np.int64) if order_id >= 2**63 else np.int64(order_id)
+        o = int(K.order_find(a["oh"], a["ords"], oid, b))
+        if o < 0:
+            return None
+        row = a["ords"][o]
+        return {
+            "order_id": int(order_id),
+            "side": "A" if row[K.O_SEG] & 1 else "B",
+            "price": int(row[K.O_PX]),
+            "size": int(row[K.O_SZ]),
+            "ts_recv": int(np.int64(row[K.O_TS]).view(np.uint64)),
+            "queue_position": int(K.queue_ahead(a["lvl"], a["ords"], o)),
+        }
+
+    def check(self) -> int:
+        """Run the state invariant check; 0 = consistent (see kernel.check_invariants)."""
+        a = self.state.arrays
+        return int(K.check_invariants(a["meta"], a["seg"], a["pool"], a["lvl"], a["ords"],
+                                      a["oh"]))
+
+
+class ReferenceEngine:
+    """The pure-Python reference book behind the engine interface (slow, readable)."""
+
+    name = "reference"
+
+    def __init__(self, levels: int = 10, market: Market | None = None, trades: bool = True):
+        if levels < 1:
+            raise EngineError(f"levels must be >= 1, got {levels}")
+        self.levels = int(levels)
+        self.market = market if market is not None else Market()
+        self.trades = trades
+        self.records_applied = 0
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return dict(self.market.counters)
+
+    def apply(self, records: np.ndarray, base_index: int | None = None) -> BookFrames:
+        records = _check_records(records)
+        base = self.records_applied if base_index is None else int(base_index)
+        flags = records["flags"]
+        n_last = int(np.count_nonzero(flags & F_LAST))
+        out = BookFrames.empty(n_last, self.levels)
+        m = self.market
+        j = 0
+        trades = []
+        for i, rec in enumerate(_iter_fields(records)):
+            m.apply(*rec)
+            if rec[2] == ord("T"):
+                trades.append(base + i)
+            if rec[7] & F_LAST:
+                b = m.book(rec[0], rec[1])
+                out.index[j] = base + i
+                self._write(b, j, out)
+                out.cross[j] = b.cross_state()
+                j += 1
+        self.records_applied += len(records)
+        out.trades = np.array(trades if self.trades else [], np.int64)
+        out.counters = self.counters
+        return out
+
+    def _write(self, book, row: int, out: BookFrames) -> None:
+        for side, px, sz, ct in ((SIDE_BID, out.bid_px, out.bid_sz, out.bid_ct),
+                                 (SIDE_ASK, out.ask_px, out.ask_sz, out.ask_ct)):
+            for k, (p, s, c) in enumerate(book.levels(side, self.levels)):
+                px[row, k] = p
+                sz[row, k] = s
+                ct[row, k] = c
+
+    def top(self, instrument_id: int, publisher_id: int, levels: int | None = None
+            ) -> BookFrames:
+        n = self.levels if levels is None else levels
+        out = BookFrames.empty(1, n)
+        b = self.market.book(instrument_id, publisher_id)
+        saved, self.levels = self.levels, n
+        try:
+            self._write(b, 0, out)
+        finally:
+            self.levels = saved
+        out.cross[0] = b.cross_state()
+        out.index[0] = self.records_applied - 1
+        return out
+
+    def order(self, instrument_id: int, publisher_id: int, order_id: int) -> dict | None:
+        b = self.market.books.get((instrument_id, publisher_id))
+        o = None if b is None else b.order(order_id)
+        if o is None:
+            return None
+        return {
+            "order_id": int(order_id),
+            "side": chr(o.side),
+            "price": int(o.price),
+            "size": int(o.size),
+            "ts_recv": int(o.ts_recv),
+            "queue_position": int(b.queue_position(order_id)),
+        }
+
+
+def make_engine(name: str = "numba", levels: int = 10, **kw) -> NumbaEngine | ReferenceEngine:
+    """Build an engine by name: ``"numba"`` (default, fast) or ``"reference"``."""
+    if name == "numba":
+        return NumbaEngine(levels=levels, **kw)
+    if name == "reference":
+        return ReferenceEngine(levels=levels, **kw)
+    raise EngineError(f"unknown engine {name!r}; choose one of {ENGINES}")
+
+
+_ = (MBO_DTYPE, UNDEF_PRICE)

@@ -1,0 +1,187 @@
+"""The kernel's state arrays: allocate, grow, copy and restore (checkpoints).
+
+A :class:`BookState` owns every flat array the Numba kernel works on (see
+:data:`mbo_lab.book.kernel.STATE_FIELDS` and the layout in :mod:`mbo_lab.book.kernel`).
+Growth happens here, in Python, when the kernel reports that a pool, table or segment is
+full; :meth:`copy` gives an independent checkpoint that :meth:`restore` puts back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernel as K
+
+__all__ = ["BookState"]
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(1, int(n - 1).bit_length())
+
+
+def _grown(arr: np.ndarray, rows: int, fill: int = 0) -> np.ndarray:
+    out = np.full((rows,) + arr.shape[1:], fill, arr.dtype)
+    out[: len(arr)] = arr
+    return out
+
+
+class BookState:
+    """All books of one stream, as flat int64 arrays for :func:`kernel.apply_records`.
+
+    Parameters are initial capacities (books, live orders, price levels, segment pool
+    rows); everything grows on demand by doubling.
+    """
+
+    def __init__(self, books: int = 8, orders: int = 1 << 14, levels: int = 1 << 13,
+                 segment_pool: int = 1 << 12):
+        a: dict[str, np.ndarray] = {}
+        a["meta"] = np.zeros(K.N_META, np.int64)
+        a["meta"][K.M_LAST_KEY] = -1
+        a["meta"][K.M_LAST_BOOK] = -1
+        a["counters"] = np.zeros(K.N_COUNTERS, np.int64)
+        a["bk_hash"] = np.zeros((_pow2(books * 2), 2), np.int64)
+        a["bk_info"] = np.zeros((books, 2), np.int64)
+        a["seg"] = np.zeros((2 * books, 3), np.int64)
+        a["pool"] = np.zeros((segment_pool, 2), np.int64)
+        a["lvl"] = np.zeros((levels, 5), np.int64)
+        a["lvl_free"] = np.arange(levels - 1, -1, -1, dtype=np.int64)
+        a["meta"][K.M_LVL_FREE] = levels
+        a["ords"] = np.zeros((orders, 8), np.int64)
+        a["ord_free"] = np.arange(orders - 1, -1, -1, dtype=np.int64)
+        a["meta"][K.M_ORD_FREE] = orders
+        oh = np.zeros((_pow2(orders * 2), 2), np.int64)
+        oh[:, 1] = -1
+        a["oh"] = oh
+        self.arrays = a
+
+    # ---- access
+    def as_tuple(self) -> tuple:
+        """The arrays in kernel order (``STATE_FIELDS``)."""
+        return tuple(self.arrays[name] for name in K.STATE_FIELDS)
+
+    @property
+    def n_books(self) -> int:
+        return int(self.arrays["meta"][K.M_NBOOKS])
+
+    @property
+    def live_orders(self) -> int:
+        """Orders resting in all books."""
+        return int(self.arrays["meta"][K.M_LIVE])
+
+    @property
+    def counters(self) -> np.ndarray:
+        return self.arrays["counters"]
+
+    def book_index(self, instrument_id: int, publisher_id: int) -> int:
+        """Index of a book, or -1 when it has never been seen."""
+        key = ((int(instrument_id) << 16) | int(publisher_id)) + 1
+        return int(K.book_find(self.arrays["bk_hash"], np.int64(key)))
+
+    def book_keys(self) -> list[tuple[int, int]]:
+        """``(instrument_id, publisher_id)`` of every book, in creation order."""
+        info = self.arrays["bk_info"][: self.n_books]
+        return [(int(i), int(p)) for i, p in info]
+
+    def book_levels(self, b: int) -> tuple[int, int]:
+        """(bid levels, ask levels) of book ``b``."""
+        seg = self.arrays["seg"]
+        return int(seg[2 * b, K.S_LEN]), int(seg[2 * b + 1, K.S_LEN])
+
+    def nbytes(self) -> int:
+        return sum(x.nbytes for x in self.arrays.values())
+
+    # ---- checkpoints
+    def copy(self) -> BookState:
+        """An independent deep copy (a checkpoint)."""
+        new = BookState.__new__(BookState)
+        new.arrays = {k: v.copy() for k, v in self.arrays.items()}
+        return new
+
+    def restore(self, checkpoint: BookState) -> None:
+        """Make this state equal to ``checkpoint`` (which stays untouched)."""
+        self.arrays = {k: v.copy() for k, v in checkpoint.arrays.items()}
+
+    # ---- growth (called by the engine on a kernel status)
+    def grow(self, status: int) -> None:
+        """Grow what the kernel status ``NEED_*`` names."""
+        if status == K.NEED_ORDERS:
+            self._grow_orders()
+        elif status == K.NEED_LEVELS:
+            self._grow_levels()
+        elif status == K.NEED_SEGMENT:
+            self._grow_segment(int(self.arrays["meta"][K.M_SEG_FULL]))
+        elif status == K.NEED_BOOKS:
+            self._grow_books()
+        else:  # pragma: no cover - the kernel returns only the codes above
+            raise ValueError(f"unknown kernel status {status}")
+
+    def _grow_orders(self) -> None:
+        a = self.arrays
+        meta = a["meta"]
+        n = len(a["ords"])
+        if meta[K.M_ORD_FREE] < 1:
+            free = int(meta[K.M_ORD_FREE])
+            a["ords"] = _grown(a["ords"], 2 * n)
+            stack = np.zeros(2 * n, np.int64)
+            stack[:free] = a["ord_free"][:free]
+            stack[free: free + n] = np.arange(2 * n - 1, n - 1, -1)
+            a["ord_free"] = stack
+            meta[K.M_ORD_FREE] = free + n
+        size = max(_pow2(2 * len(a["ords"])), len(a["oh"]))
+        if int(meta[K.M_LIVE]) + 1 > size // 2:
+            size *= 2
+        if size > len(a["oh"]):
+            new = np.zeros((size, 2), np.int64)
+            new[:, 1] = -1
+            K.rehash_orders(a["oh"], new, a["ords"])
+            a["oh"] = new
+
+    def _grow_levels(self) -> None:
+        a = self.arrays
+        n = len(a["lvl"])
+        free = int(a["meta"][K.M_LVL_FREE])
+        a["lvl"] = _grown(a["lvl"], 2 * n)
+        stack = np.zeros(2 * n, np.int64)
+        stack[:free] = a["lvl_free"][:free]
+        stack[free: free + n] = np.arange(2 * n - 1, n - 1, -1)
+        a["lvl_free"] = stack
+        a["meta"][K.M_LVL_FREE] = free + n
+
+    def _grow_books(self) -> None:
+        a = self.arrays
+        n = len(a["bk_info"])
+        a["bk_info"] = _grown(a["bk_info"], 2 * n)
+        a["seg"] = _grown(a["seg"], 4 * n)
+        new = np.zeros((_pow2(4 * n), 2), np.int64)
+        for key, b in a["bk_hash"][a["bk_hash"][:, 0] != 0]:
+            K.book_put(new, key, b)
+        a["bk_hash"] = new
+
+    def _grow_segment(self, s: int) -> None:
+        """Give segment ``s`` twice its room (``s == -1``: room for one more book)."""
+        a = self.arrays
+        seg = a["seg"]
+        nseg = 2 * self.n_books
+        used = int(a["meta"][K.M_SEG_USED])
+        if s >= 0:
+            cap = 2 * int(seg[s, K.S_CAP])
+            if used + cap <= len(a["pool"]):
+                # room at the end of the pool: move the segment there
+                start, length = int(seg[s, K.S_START]), int(seg[s, K.S_LEN])
+                a["pool"][used: used + length] = a["pool"][start: start + length]
+                seg[s, K.S_START] = used
+                seg[s, K.S_CAP] = cap
+                a["meta"][K.M_SEG_USED] = used + cap
+                return
+            seg[s, K.S_CAP] = cap
+        # compact every segment into a new pool with room to spare
+        needed = int(seg[:nseg, K.S_CAP].sum()) + 2 * K.SEG_INIT_CAP
+        pool = np.zeros((max(2 * needed, len(a["pool"])), 2), np.int64)
+        pos = 0
+        for q in range(nseg):
+            start, length = int(seg[q, K.S_START]), int(seg[q, K.S_LEN])
+            pool[pos: pos + length] = a["pool"][start: start + length]
+            seg[q, K.S_START] = pos
+            pos += int(seg[q, K.S_CAP])
+        a["pool"] = pool
+        a["meta"][K.M_SEG_USED] = pos
