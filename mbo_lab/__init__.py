@@ -33,6 +33,9 @@ from .errors import (
 from .io.dbn import DbnMetadata, DbnWriter, MboData, iter_chunks, load, write_dbn
 from .io.records import MBO_DTYPE, px_to_float
 from .io.synth import SynthInstrument, demo_path, generate, synth_records, write_synth
+from .replay.session import SPEED_MAX, Frame, Session, open_session
+
+open = open_session  # noqa: A001 - ``mbo_lab.open(source)`` is the documented entry point
 
 __version__ = "0.1.0"
 
@@ -41,7 +44,8 @@ __all__ = [
     "px_to_float", "mbp", "bbo", "replay_frames", "iter_frames", "as_data", "BookFrames",
     "NumbaEngine", "ReferenceEngine", "make_engine", "BookState", "Book", "Market",
     "SynthInstrument", "demo_path", "generate", "synth_records", "write_synth",
-    "Settings", "get_settings", "warmup",
+    "Settings", "get_settings", "warmup", "open", "open_session", "Session", "Frame",
+    "SPEED_MAX",
     "MboLabError", "DataError", "NotDbnError", "WrongSchemaError", "UnsupportedVersionError",
     "TruncatedFileError", "ConfigError", "EngineError",
 ]

@@ -1,0 +1,545 @@
+"""The replay session: data + book state + checkpoints + a playback clock + subscribers.
+
+``mbo_lab.open(source)`` returns a :class:`Session`. The session owns the records, a book
+engine and checkpoints taken while loading, so it can seek anywhere quickly. Its clock runs
+in the kernel (an asyncio task on the running loop, e.g. Jupyter's), never in a browser.
+It publishes a :class:`Frame` to its subscribers only at F_LAST states, coalesced to at
+most ``fps`` frames per second. Widgets and the SSE server read these frames; neither
+touches the kernel.
+
+Positions
+---------
+``position`` is the number of records applied (0 .. ``len(data)``); the book shown is the
+state after record ``position - 1``. Every public move snaps to a position right after an
+F_LAST record, so a published state is always complete.
+
+>>> s = mbo_lab.open()            # demo data                  # doctest: +SKIP
+>>> s.step(10); s.frame().bbo     # 10 events forward          # doctest: +SKIP
+>>> s.seek(time="2025-09-24 21:50")                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import time as _time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..book.build import Source, as_data
+from ..book.engine import NumbaEngine
+from ..config import get_settings
+from ..errors import MboLabError
+from ..io.dbn import MboData
+from ..io.records import (
+    F_LAST,
+    FIXED_PRICE_SCALE,
+    UNDEF_PRICE,
+    flag_names,
+    px_to_float,
+)
+
+__all__ = ["Session", "Frame", "open_session", "SPEED_MAX"]
+
+log = logging.getLogger(__name__)
+
+#: ``speed`` value meaning "as fast as possible".
+SPEED_MAX = float("inf")
+
+_ACTIONS = {"A": "Add", "C": "Cancel", "M": "Modify", "R": "Clear", "T": "Trade",
+            "F": "Fill", "N": "None"}
+_SIDES = {"B": "bid", "A": "ask", "N": "-"}
+
+
+@dataclass
+class Frame:
+    """One published book state (at an F_LAST record) of the selected book.
+
+    Prices are floats (currency units, NaN when absent); sizes in lots; times in ns.
+    """
+
+    seq: int
+    position: int
+    record_index: int
+    ts_recv: int
+    ts_event: int
+    instrument_id: int
+    publisher_id: int
+    symbol: str
+    bid_px: np.ndarray
+    bid_sz: np.ndarray
+    bid_ct: np.ndarray
+    ask_px: np.ndarray
+    ask_sz: np.ndarray
+    ask_ct: np.ndarray
+    crossed: bool
+    locked: bool
+    trades: list[tuple[int, float, int, str]]
+    counters: dict[str, int]
+    live_orders: int
+    record: dict[str, Any]
+    effect: str
+    playing: bool = False
+    speed: float = 1.0
+    progress: float = 0.0
+
+    @property
+    def best_bid(self) -> float:
+        return float(self.bid_px[0]) if len(self.bid_px) else float("nan")
+
+    @property
+    def best_ask(self) -> float:
+        return float(self.ask_px[0]) if len(self.ask_px) else float("nan")
+
+    @property
+    def bbo(self) -> dict[str, float]:
+        """Best bid/ask, spread, mid and size-weighted mid (NaN when crossed or a side is
+        empty)."""
+        bp, ap = self.best_bid, self.best_ask
+        bq = float(self.bid_sz[0]) if len(self.bid_sz) else 0.0
+        aq = float(self.ask_sz[0]) if len(self.ask_sz) else 0.0
+        ok = np.isfinite(bp) and np.isfinite(ap) and not self.crossed
+        return {
+            "bid_px": bp, "bid_sz": bq, "ask_px": ap, "ask_sz": aq,
+            "spread": ap - bp if ok else float("nan"),
+            "mid": (ap + bp) / 2 if ok else float("nan"),
+            "weighted_mid": (bp * aq + ap * bq) / (aq + bq) if ok and aq + bq > 0
+            else float("nan"),
+        }
+
+    def to_dict(self, levels: int | None = None) -> dict[str, Any]:
+        """JSON-ready dict (NaN prices become None)."""
+        n = len(self.bid_px) if levels is None else levels
+
+        def side(px, sz, ct):
+            return [[float(p), int(s), int(c)] for p, s, c in zip(px[:n], sz[:n], ct[:n])
+                    if np.isfinite(p)]
+
+        bbo = {k: (None if not np.isfinite(v) else v) for k, v in self.bbo.items()}
+        return {
+            "seq": self.seq, "position": self.position, "record_index": self.record_index,
+            "ts_recv": self.ts_recv, "ts_event": self.ts_event,
+            "time": str(pd.Timestamp(self.ts_recv, tz="UTC")) if self.ts_recv else None,
+            "instrument_id": self.instrument_id, "publisher_id": self.publisher_id,
+            "symbol": self.symbol,
+            "bids": side(self.bid_px, self.bid_sz, self.bid_ct),
+            "asks": side(self.ask_px, self.ask_sz, self.ask_ct),
+            "bbo": bbo, "crossed": self.crossed, "locked": self.locked,
+            "trades": [list(t) for t in self.trades], "counters": self.counters,
+            "live_orders": self.live_orders, "record": self.record, "effect": self.effect,
+            "playing": self.playing, "speed": None if self.speed == SPEED_MAX else self.speed,
+            "progress": self.progress,
+        }
+
+
+@dataclass
+class _Checkpoint:
+    position: int
+    state: Any
+
+
+@dataclass
+class _Clock:
+    playing: bool = False
+    speed: float = 1.0
+    market_ns: int = 0  # market time the clock has reached
+    task: Any = None
+    last_publish: float = 0.0
+    frames_published: int = 0
+    frames_skipped: int = 0
+    subscribers: list[Callable[[Frame], None]] = field(default_factory=list)
+
+
+class Session:
+    """A replay of one MBO stream; see the module docstring.
+
+    Parameters
+    ----------
+    source : path, MboData, record array or None
+        None opens the built-in synthetic demo data.
+    levels : int
+        Levels per side in published frames.
+    fps : float, optional
+        Maximum frames per second (``MBO_LAB_FPS``, default 30).
+    checkpoint_every : int, optional
+        Records between checkpoints (default: about 1/64 of the stream, at least 20,000).
+    instrument_id, publisher_id : int, optional
+        The book to publish; defaults to the book with the most records.
+    progress : bool, optional
+        Progress bar while building checkpoints (default: for streams over 5M records).
+    """
+
+    def __init__(self, source: Source | None = None, *, levels: int = 10,
+                 fps: float | None = None, checkpoint_every: int | None = None,
+                 instrument_id: int | None = None, publisher_id: int | None = None,
+                 progress: bool | None = None):
+        if source is None:
+            from ..io.synth import demo_path
+
+            source = demo_path()
+        self.data: MboData = as_data(source)
+        self.settings = get_settings(fps=fps)
+        self.levels = int(levels)
+        recs = self.data.records
+        n = len(recs)
+        if n == 0:
+            raise MboLabError("the source holds no records; nothing to replay")
+        self._flags_last = np.flatnonzero(recs["flags"] & F_LAST)
+        if len(self._flags_last) == 0:
+            raise MboLabError(
+                "the source has no record with F_LAST (0x80), so it has no complete book "
+                "state to show; check that it is Databento MBO data"
+            )
+        self._ts = recs["ts_recv"]
+        keys = (recs["instrument_id"].astype(np.int64) << 16) | recs["publisher_id"]
+        uniq, counts = np.unique(keys, return_counts=True)
+        self.books: list[tuple[int, int]] = [(int(k >> 16), int(k & 0xFFFF)) for k in uniq]
+        self._book_counts = dict(zip(self.books, counts.tolist()))
+        self._trade_idx = np.flatnonzero(recs["action"] == b"T")
+        self._select(instrument_id, publisher_id)
+        self.engine = NumbaEngine(levels=1, trades=False)
+        self.position = 0
+        self.seq = 0
+        self.clock = _Clock(market_ns=int(self._ts[0]))
+        self._build_checkpoints(checkpoint_every, progress)
+        self._goto(int(self._flags_last[0]) + 1)
+
+    # ---------------------------------------------------------------- selection
+    def _select(self, instrument_id: int | None, publisher_id: int | None) -> None:
+        if instrument_id is None and publisher_id is None:
+            iid, pub = max(self._book_counts, key=self._book_counts.get)
+        else:
+            cands = [b for b in self.books if (instrument_id is None or b[0] == instrument_id)
+                     and (publisher_id is None or b[1] == publisher_id)]
+            if not cands:
+                raise MboLabError(
+                    f"no book for instrument_id={instrument_id} publisher_id={publisher_id}; "
+                    f"books in this data: {self.books}"
+                )
+            iid, pub = max(cands, key=self._book_counts.get)
+        self.instrument_id, self.publisher_id = iid, pub
+        mask = self.data.records["instrument_id"][self._trade_idx] == iid
+        self._book_trades = self._trade_idx[mask]
+
+    def select(self, instrument_id: int, publisher_id: int | None = None) -> None:
+        """Publish another book (the state of every book is kept; nothing is replayed)."""
+        self._select(instrument_id, publisher_id)
+        self._publish(force=True)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _build_checkpoints(self, every: int | None, progress: bool | None) -> None:
+        n = len(self.data)
+        every = every or max(20_000, n // 64)
+        self.checkpoint_every = every
+        self._checkpoints: list[_Checkpoint] = [_Checkpoint(0, self.engine.state.copy())]
+        bar = None
+        if progress or (progress is None and n > 5_000_000):
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, unit="rec", unit_scale=True, desc="checkpoints", leave=False)
+        recs = self.data.records
+        t0 = _time.perf_counter()
+        for lo in range(0, n, every):
+            hi = min(n, lo + every)
+            self.engine.apply(recs[lo:hi], base_index=lo)
+            self._checkpoints.append(_Checkpoint(hi, self.engine.state.copy()))
+            if bar is not None:
+                bar.update(hi - lo)
+        if bar is not None:
+            bar.close()
+        self.final_counters = self.engine.counters
+        self.load_seconds = _time.perf_counter() - t0
+        self.position = n
+        log.info("session: %d records, %d checkpoints in %.2f s", n, len(self._checkpoints),
+                 self.load_seconds)
+
+    def _restore_to(self, target: int) -> None:
+        """Make the engine state equal to 'records [0, target) applied'."""
+        if not (self.position <= target and target - self.position <= self.checkpoint_every):
+            k = int(np.searchsorted([c.position for c in self._checkpoints], target, "right")) - 1
+            cp = self._checkpoints[k]
+            self.engine.state.restore(cp.state)
+            self.position = cp.position
+        if target > self.position:
+            self.engine.apply(self.data.records[self.position:target], base_index=self.position)
+            self.position = target
+
+    def _snap(self, target: int) -> int:
+        """Largest 'position after an F_LAST record' <= target (at least the first one)."""
+        k = int(np.searchsorted(self._flags_last, target - 1, "right")) - 1
+        return int(self._flags_last[max(k, 0)]) + 1
+
+    def _goto(self, target: int) -> None:
+        target = self._snap(max(1, min(int(target), len(self.data))))
+        self._restore_to(target)
+        self.clock.market_ns = int(self._ts[self.position - 1])
+        self._publish(force=True)
+
+    # ---------------------------------------------------------------- navigation
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def record_index(self) -> int:
+        """Index of the last applied record (the current record)."""
+        return self.position - 1
+
+    @property
+    def time(self) -> pd.Timestamp:
+        """ts_recv of the current record (UTC)."""
+        return pd.Timestamp(int(self._ts[self.record_index]), tz="UTC")
+
+    def seek(self, index: int | None = None, *, time: Any = None) -> Frame:
+        """Go to a record index (the state after it) or to a time (the state after the last
+        record with ``ts_recv <= time``); snaps back to the nearest F_LAST."""
+        if (index is None) == (time is None):
+            raise MboLabError("seek takes exactly one of index= or time=")
+        if time is not None:
+            ts = pd.Timestamp(time)
+            ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
+            index = int(np.searchsorted(self._ts, np.uint64(ts.value), "right")) - 1
+        if not 0 <= index < len(self.data):
+            raise MboLabError(f"record index {index} is outside 0..{len(self.data) - 1}")
+        self._goto(index + 1)
+        return self.frame()
+
+    def step(self, n: int = 1) -> Frame:
+        """Move ``n`` F_LAST events forward (negative: back)."""
+        k = int(np.searchsorted(self._flags_last, self.position - 1))
+        k = max(0, min(len(self._flags_last) - 1, k + int(n)))
+        self._goto(int(self._flags_last[k]) + 1)
+        return self.frame()
+
+    def back(self, n: int = 1) -> Frame:
+        """Move ``n`` events back."""
+        return self.step(-n)
+
+    def to_start(self) -> Frame:
+        self._goto(1)
+        return self.frame()
+
+    def to_end(self) -> Frame:
+        self._goto(len(self.data))
+        return self.frame()
+
+    # ---------------------------------------------------------------- frames
+    def frame(self) -> Frame:
+        """The current state of the selected book as a :class:`Frame`."""
+        iid, pub = self.instrument_id, self.publisher_id
+        top = self.engine.top(iid, pub, self.levels)
+        i = self.record_index
+        rec = self.data.records[i]
+        t_hi = int(np.searchsorted(self._book_trades, i, "right"))
+        trades = []
+        for j in self._book_trades[max(0, t_hi - 20): t_hi]:
+            r = self.data.records[j]
+            trades.append((int(r["ts_recv"]), float(px_to_float(int(r["price"]))),
+                           int(r["size"]), r["side"].decode()))
+        return Frame(
+            seq=self.seq, position=self.position, record_index=i,
+            ts_recv=int(rec["ts_recv"]), ts_event=int(rec["ts_event"]),
+            instrument_id=iid, publisher_id=pub,
+            symbol=self.data.symbols.get(iid, ""),
+            bid_px=_f(top.bid_px[0]), bid_sz=top.bid_sz[0].copy(), bid_ct=top.bid_ct[0].copy(),
+            ask_px=_f(top.ask_px[0]), ask_sz=top.ask_sz[0].copy(), ask_ct=top.ask_ct[0].copy(),
+            crossed=bool(top.cross[0] == 2), locked=bool(top.cross[0] == 1),
+            trades=trades, counters=self.engine.counters,
+            live_orders=self.engine.state.live_orders,
+            record=describe_record(rec), effect=record_effect(rec),
+            playing=self.clock.playing, speed=self.clock.speed,
+            progress=self.position / len(self.data),
+        )
+
+    def subscribe(self, callback: Callable[[Frame], None]) -> Callable[[], None]:
+        """Call ``callback(frame)`` at every published frame; returns an unsubscribe."""
+        self.clock.subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self.clock.subscribers:
+                self.clock.subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _publish(self, force: bool = False) -> bool:
+        now = _time.perf_counter()
+        if not force and now - self.clock.last_publish < 1.0 / self.settings.fps:
+            self.clock.frames_skipped += 1
+            return False
+        self.clock.last_publish = now
+        self.seq += 1
+        if not self.clock.subscribers:
+            return True
+        fr = self.frame()
+        for cb in list(self.clock.subscribers):
+            try:
+                cb(fr)
+            except Exception:  # a broken subscriber must not stop the replay
+                log.exception("frame subscriber %r failed", cb)
+        self.clock.frames_published += 1
+        return True
+
+    # ---------------------------------------------------------------- the clock
+    @property
+    def playing(self) -> bool:
+        return self.clock.playing
+
+    def set_speed(self, speed: float) -> None:
+        """Market-time speed: 0.1 .. 1000 (x real time) or ``SPEED_MAX`` (as fast as possible)."""
+        speed = float(speed)
+        if not (speed == SPEED_MAX or 0.1 <= speed <= 1000):
+            raise MboLabError(f"speed must be within 0.1..1000 or SPEED_MAX, got {speed}")
+        self.clock.speed = speed
+
+    def advance(self, wall_seconds: float, max_records: int = 2_000_000) -> bool:
+        """Move the clock by ``wall_seconds`` of wall time at the current speed and apply
+        the records it reaches (snapped to F_LAST); publish if the frame budget allows.
+
+        Returns False at the end of the data. The play task calls this every frame; it is
+        public so that scripts and tests can drive the clock without an event loop.
+        """
+        n = len(self.data)
+        if self.position >= n:
+            return False
+        if self.clock.speed == SPEED_MAX:
+            target = min(n, self.position + max_records)
+        else:
+            self.clock.market_ns += int(wall_seconds * self.clock.speed * 1e9)
+            target = int(np.searchsorted(self._ts, np.uint64(self.clock.market_ns), "right"))
+            target = min(target, self.position + max_records)
+        snapped = self._snap(target)
+        if snapped > self.position:
+            self._restore_to(snapped)
+            if self.clock.speed == SPEED_MAX:
+                self.clock.market_ns = int(self._ts[self.position - 1])
+            self._publish()
+        elif self.clock.speed != SPEED_MAX and target >= n:
+            self._restore_to(n)
+            self._publish(force=True)
+        return self.position < n
+
+    def play(self, speed: float | None = None) -> None:
+        """Start the clock as an asyncio task on the running loop (Jupyter's kernel loop)."""
+        if speed is not None:
+            self.set_speed(speed)
+        if self.clock.playing:
+            return
+        if self.position >= len(self.data):
+            self._goto(1)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = asyncio.get_event_loop()
+        self.clock.playing = True
+        self.clock.task = loop.create_task(self._run())
+
+    def pause(self) -> None:
+        """Stop the clock (the state stays where it is)."""
+        self.clock.playing = False
+        task, self.clock.task = self.clock.task, None
+        if task is not None and not task.done():
+            task.cancel()
+        self._publish(force=True)
+
+    async def _run(self) -> None:
+        period = 1.0 / self.settings.fps
+        last = _time.perf_counter()
+        try:
+            while self.clock.playing:
+                await asyncio.sleep(period)
+                now = _time.perf_counter()
+                more = self.advance(now - last)
+                last = now
+                if not more:
+                    self.clock.playing = False
+                    self._publish(force=True)
+                    break
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("replay clock stopped by an error")
+            self.clock.playing = False
+
+    # ---------------------------------------------------------------- display
+    def stats(self) -> dict[str, Any]:
+        """Counts for a stats panel."""
+        nb, na = 0, 0
+        b = self.engine.state.book_index(self.instrument_id, self.publisher_id)
+        if b >= 0:
+            nb, na = self.engine.state.book_levels(b)
+        return {
+            "records": len(self.data), "position": self.position,
+            "time": str(self.time), "live_orders": self.engine.state.live_orders,
+            "bid_levels": nb, "ask_levels": na, "books": len(self.books),
+            "frames_published": self.clock.frames_published,
+            "frames_skipped": self.clock.frames_skipped, **self.engine.counters,
+        }
+
+    def __repr__(self) -> str:
+        return (f"Session({len(self.data):,} records, book {self.instrument_id}@"
+                f"{self.publisher_id}, position {self.position:,}, {self.time})")
+
+    def _repr_html_(self) -> str:
+        fr = self.frame()
+        rows = []
+        n = self.levels
+        for k in range(n - 1, -1, -1):
+            if np.isfinite(fr.ask_px[k]):
+                rows.append(f"<tr><td></td><td></td><td style='color:#c0392b'>{fr.ask_px[k]:.6g}"
+                            f"</td><td>{fr.ask_sz[k]}</td><td>{fr.ask_ct[k]}</td></tr>")
+        for k in range(n):
+            if np.isfinite(fr.bid_px[k]):
+                rows.append(f"<tr><td>{fr.bid_ct[k]}</td><td>{fr.bid_sz[k]}</td>"
+                            f"<td style='color:#1e8449'>{fr.bid_px[k]:.6g}</td><td></td>"
+                            "<td></td></tr>")
+        bbo = fr.bbo
+        flag = " <b style='color:#c0392b'>CROSSED</b>" if fr.crossed else ""
+        head = (f"<b>mbo_lab Session</b> {html.escape(fr.symbol or str(fr.instrument_id))}"
+                f"@{fr.publisher_id}: {len(self.data):,} records, at {fr.position:,} "
+                f"({html.escape(str(self.time))}){flag}<br>spread {bbo['spread']:.6g}, "
+                f"mid {bbo['mid']:.6g}, live orders {fr.live_orders:,}")
+        table = ("<table><tr><th>bid ct</th><th>bid sz</th><th>price</th><th>ask sz</th>"
+                 "<th>ask ct</th></tr>" + "".join(rows) + "</table>")
+        return head + table
+
+
+def _f(px: np.ndarray) -> np.ndarray:
+    out = px.astype(np.float64) / FIXED_PRICE_SCALE
+    out[px == UNDEF_PRICE] = np.nan
+    return out
+
+
+def describe_record(rec: np.void) -> dict[str, Any]:
+    """A record as a JSON-ready dict (price float, flags by name)."""
+    price = int(rec["price"])
+    return {
+        "action": rec["action"].decode(), "side": rec["side"].decode(),
+        "price": None if price == int(UNDEF_PRICE) else price / FIXED_PRICE_SCALE,
+        "size": int(rec["size"]), "order_id": int(rec["order_id"]),
+        "flags": flag_names(int(rec["flags"])), "ts_recv": int(rec["ts_recv"]),
+        "ts_event": int(rec["ts_event"]), "sequence": int(rec["sequence"]),
+        "instrument_id": int(rec["instrument_id"]), "publisher_id": int(rec["publisher_id"]),
+    }
+
+
+def record_effect(rec: np.void) -> str:
+    """One line saying what the record does to the book."""
+    a = rec["action"].decode()
+    side = _SIDES.get(rec["side"].decode(), "?")
+    price = int(rec["price"])
+    px = "UNDEF" if price == int(UNDEF_PRICE) else f"{price / FIXED_PRICE_SCALE:.6g}"
+    name = _ACTIONS.get(a, f"unknown action {a!r}")
+    if a in ("T", "F", "N"):
+        return f"{name} {side} {int(rec['size'])} @ {px}: no book change"
+    if a == "R":
+        return "Clear: the book is emptied"
+    return f"{name} {side} order {int(rec['order_id'])}: {int(rec['size'])} @ {px}"
+
+
+def open_session(source: Source | None = None, **kw: Any) -> Session:
+    """Open a replay session (``mbo_lab.open``); see :class:`Session`."""
+    return Session(source, **kw)
