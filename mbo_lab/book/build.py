@@ -10,7 +10,6 @@ record array) chunk by chunk and return book states at every F_LAST record.
 from __future__ import annotations
 
 import os
-from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -24,7 +23,7 @@ from .frames import BookFrames
 __all__ = ["Source", "as_data", "replay_frames", "iter_frames", "mbp", "bbo"]
 
 #: What the book functions accept: a file path, loaded data, or MBO records.
-Source = Union[str, os.PathLike, MboData, np.ndarray]
+Source = str | os.PathLike | MboData | np.ndarray
 
 
 def as_data(source: Source) -> MboData:

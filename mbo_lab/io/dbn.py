@@ -603,8 +603,8 @@ def _metadata_bytes(*, dataset: str, start: int, end: int | None, symbols: Seque
 def instrument_mappings(symbols: dict[int, str], start_ns: int, end_ns: int
                         ) -> dict[str, list[dict[str, Any]]]:
     """Build DBN symbol mappings ``raw_symbol -> [interval]`` from ``{instrument_id: symbol}``."""
-    d0 = _dt.datetime.fromtimestamp(start_ns / 1e9, _dt.timezone.utc).date()
-    d1 = _dt.datetime.fromtimestamp(max(end_ns, start_ns) / 1e9, _dt.timezone.utc).date()
+    d0 = _dt.datetime.fromtimestamp(start_ns / 1e9, _dt.UTC).date()
+    d1 = _dt.datetime.fromtimestamp(max(end_ns, start_ns) / 1e9, _dt.UTC).date()
     d1 = d1 + _dt.timedelta(days=1)
     return {
         sym: [{"start_date": d0, "end_date": d1, "symbol": str(iid)}]
