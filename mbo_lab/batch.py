@@ -75,7 +75,7 @@ def _file_key(path: Path, params: dict[str, Any]) -> str:
 
 def process_file(path: str | os.PathLike, out_dir: str | os.PathLike, *, levels: int = 10,
                  grid: str | None = None, what: Sequence[str] = ("bbo", "trades"),
-                 key: str | None = None) -> dict[str, Any]:
+                 done_key: str | None = None) -> dict[str, Any]:
     """Replay one file and write its partitions (runs inside a worker; never raises).
 
     Returns a report row: file, status (``"ok"``/``"error"``), seconds, records, error.
@@ -89,18 +89,23 @@ def process_file(path: str | os.PathLike, out_dir: str | os.PathLike, *, levels:
         summary = export(path, out_dir, levels=levels, grid=grid, what=tuple(what),
                          progress=False)
         row["records"] = int(summary.get("records", 0)) if isinstance(summary, dict) else 0
-        if key is not None:
+        if done_key is not None:
             done = Path(out_dir) / _DONE_DIR
             done.mkdir(parents=True, exist_ok=True)
-            tmp = done / f".{key}.tmp"
+            tmp = done / f".{done_key}.tmp"
             tmp.write_text(json.dumps({"file": str(path), "records": row["records"]}))
-            os.replace(tmp, done / f"{key}.json")
+            os.replace(tmp, done / f"{done_key}.json")
     except Exception as exc:  # reported, so the other files go on
         row["status"] = "error"
         row["error"] = f"{type(exc).__name__}: {exc}"
         log.debug("batch file %s failed:\n%s", path, traceback.format_exc())
     row["seconds"] = time.perf_counter() - t0
     return row
+
+
+def _task(path: str, done_key: str, **kw: Any) -> dict[str, Any]:
+    """``client.map`` maps positional iterables only: path and marker key go positionally."""
+    return process_file(path, done_key=done_key, **kw)
 
 
 def _warm_worker() -> float:
@@ -180,9 +185,9 @@ def batch(files_or_pattern: str | os.PathLike | Iterable[str | os.PathLike],
     try:
         if todo:
             client.run(_warm_worker)  # compile/load the kernel once per worker process
-            futures = client.map(process_file, [str(f) for f in todo], out_dir=str(out),
-                                 levels=levels, grid=grid, what=tuple(what),
-                                 key=[keys[f] for f in todo], pure=False)
+            futures = client.map(_task, [str(f) for f in todo], [keys[f] for f in todo],
+                                 out_dir=str(out), levels=levels, grid=grid,
+                                 what=tuple(what), pure=False)
             bar = None
             if progress or (progress is None and _interactive()):
                 from tqdm.auto import tqdm
