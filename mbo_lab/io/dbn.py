@@ -199,34 +199,42 @@ def _progress(total: int, desc: str, enabled: bool | None):
     return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
 
 
-def _check_body(body_len: int, offset: int, where: str, allow_truncated: bool) -> int:
-    """Number of whole records in a body of ``body_len`` bytes; raise if cut mid-record."""
+def _check_body(body_len: int, offset: int, where: str, allow_truncated: bool,
+                records_before: int = 0) -> int:
+    """Number of whole records in a body of ``body_len`` bytes; raise if cut mid-record.
+
+    ``records_before`` counts the records that precede this body in the file (chunked
+    reads), so messages give file-wide counts.
+    """
     n = body_len // RECORD_SIZE
     rest = body_len - n * RECORD_SIZE
     if rest:
         stop = offset + n * RECORD_SIZE
+        total = records_before + n
         msg = (
-            f"{where} is truncated: {n:,} whole records were read, then {rest} bytes of an "
-            f"incomplete record at byte offset {stop:,} (record index {n:,}). Download the "
-            "file again, or pass allow_truncated=True to keep the whole records."
+            f"{where} is truncated: {total:,} whole records were read, then {rest} bytes of "
+            f"an incomplete record at byte offset {stop:,} (record index {total:,}). Download "
+            "the file again, or pass allow_truncated=True to keep the whole records."
         )
         if not allow_truncated:
-            raise TruncatedFileError(msg, records_read=n, byte_offset=stop)
+            raise TruncatedFileError(msg, records_read=total, byte_offset=stop)
         log.warning(msg)
     return n
 
 
-def _check_rtypes(records: np.ndarray, where: str) -> None:
+def _check_rtypes(records: np.ndarray, where: str, first_index: int = 0) -> None:
+    """Every record must be MBO (rtype 0xA0, 56 bytes); ``first_index`` = file position."""
     if len(records) == 0:
         return
-    for idx in (0, len(records) - 1):
+    bad = np.flatnonzero((records["rtype"] != RTYPE_MBO) | (records["length"] != 14))
+    if len(bad):
+        idx = int(bad[0])
         rt = int(records["rtype"][idx])
-        if rt != RTYPE_MBO or int(records["length"][idx]) * 4 != RECORD_SIZE:
-            raise WrongSchemaError(
-                f"{where}: record {idx:,} has rtype 0x{rt:02x} and length "
-                f"{int(records['length'][idx]) * 4} bytes, not an MBO record (rtype 0xa0, "
-                "56 bytes). The file mixes record types; mbo_lab reads MBO-only files."
-            )
+        raise WrongSchemaError(
+            f"{where}: record {first_index + idx:,} has rtype 0x{rt:02x} and length "
+            f"{int(records['length'][idx]) * 4} bytes, not an MBO record (rtype 0xa0, "
+            "56 bytes). The file mixes record types; mbo_lab reads MBO-only files."
+        )
 
 
 class MboData:
@@ -517,22 +525,26 @@ def iter_chunks(path: str | os.PathLike, chunk_records: int = 1 << 20, *,
     bar = _progress(p.stat().st_size, f"read {p.name}", progress)
     with open(p, "rb") as fh:
         reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-        head = _read_exact(reader, 8)
-        version, meta_len = _parse_prelude(head, where)
-        prelude = head + _read_exact(reader, meta_len)
-        meta = _decode_metadata(prelude, where, version, compressed=True)
         index = 0
-        offset = 8 + meta_len
-        want = chunk_records * RECORD_SIZE
         try:
+            head = _read_exact(reader, 8)
+            version, meta_len = _parse_prelude(head, where)
+            prelude = head + _read_exact(reader, meta_len)
+            if len(prelude) < 8 + meta_len:
+                raise TruncatedFileError(
+                    f"{where} ends inside its metadata header; download it again.", 0,
+                    len(prelude))
+            meta = _decode_metadata(prelude, where, version, compressed=True)
+            offset = 8 + meta_len
+            want = chunk_records * RECORD_SIZE
             while True:
                 buf = _read_exact(reader, want)
                 if not buf:
                     break
-                n = _check_body(len(buf), offset, where, allow_truncated)
+                n = _check_body(len(buf), offset, where, allow_truncated, index)
                 if n:
                     recs = np.frombuffer(buf, dtype=MBO_DTYPE, count=n)
-                    _check_rtypes(recs, where)
+                    _check_rtypes(recs, where, index)
                     yield MboData(recs, meta, index)
                 index += n
                 offset += len(buf)

@@ -1,0 +1,556 @@
+"""DBN loading and writing (mbo_lab.io.dbn), bad input, and the book API on CLX5.
+
+CLX5 facts asserted here are documented in shared/docs/domain.md (§1.2, §1.5, §1.7, §2):
+38,212 records of GLBX.MDP3 MBO for CLX5 (instrument 432669), DBN version 3 with a
+360-byte prelude, actions A 14,959 / C 16,252 / M 2,701 / T 1,599 / F 2,701, 32,053
+F_LAST states of which 172 crossed and 0 locked.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+
+import databento
+import databento_dbn
+import numpy as np
+import pandas as pd
+import pytest
+import zstandard
+
+import mbo_lab
+from mbo_lab import (
+    DataError,
+    MboData,
+    NotDbnError,
+    TruncatedFileError,
+    UnsupportedVersionError,
+    WrongSchemaError,
+)
+from mbo_lab.book.engine import NumbaEngine
+from mbo_lab.book.frames import BookFrames
+from mbo_lab.errors import EngineError
+from mbo_lab.io.dbn import DbnMetadata, DbnWriter, iter_chunks, load, write_dbn
+from mbo_lab.io.records import F_LAST, FIXED_PRICE_SCALE, MBO_DTYPE, RTYPE_MBO, UNDEF_PRICE
+
+UNDEF = int(UNDEF_PRICE)
+CLX5_RECORDS = 38_212
+CLX5_INSTRUMENT = 432_669
+CLX5_PRELUDE = 360
+CLX5_ACTIONS = {"A": 14_959, "C": 16_252, "M": 2_701, "T": 1_599, "F": 2_701}
+CLX5_F_LAST = 32_053
+CLX5_CROSSED = 172
+CLX5_UNKNOWN_CANCEL = 1_224
+CLX5_UNKNOWN_MODIFY = 216
+
+
+def zst(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def clx5_raw(clx5_path) -> bytes:
+    return Path(clx5_path).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def synth_file(tmp_path_factory) -> Path:
+    """A small synthetic DBN file with clears (UNDEF prices) and symbol mappings."""
+    path = tmp_path_factory.mktemp("synth") / "synth.dbn"
+    return mbo_lab.write_synth(path, 20_000, seed=3, clear_snapshot_every=4_000,
+                               progress=False)
+
+
+# --------------------------------------------------------------------------- CLX5
+
+
+def test_load_clx5(clx5, clx5_path):
+    assert len(clx5) == CLX5_RECORDS
+    assert clx5.records.dtype == MBO_DTYPE
+    m = clx5.metadata
+    assert (m.schema, m.dataset, m.version, m.compressed) == ("mbo", "GLBX.MDP3", 3, False)
+    assert m.path == str(clx5_path) == clx5.path
+    assert m.symbols == ["CLX5"]
+    assert clx5.symbols == {CLX5_INSTRUMENT: "CLX5"}
+    assert m.stype_in == "raw_symbol" and m.stype_out == "instrument_id"
+    assert set(clx5.records["instrument_id"].tolist()) == {CLX5_INSTRUMENT}
+    assert (clx5.records["rtype"] == RTYPE_MBO).all()
+    assert (clx5.records["length"] == 14).all()
+    assert clx5.summary()["actions"] == CLX5_ACTIONS
+    assert int(np.count_nonzero(clx5.records["flags"] & F_LAST)) == CLX5_F_LAST
+    assert clx5.first_index == 0
+    assert clx5.start_ns == int(clx5.records["ts_recv"][0])
+    assert clx5.end_ns == int(clx5.records["ts_recv"][-1])
+    assert m.start <= clx5.start_ns and clx5.end_ns < m.end
+
+
+def test_load_clx5_matches_file_bytes_and_databento(clx5, clx5_path, clx5_raw):
+    assert clx5_raw[:4] == b"DBN\x03"
+    assert 8 + struct.unpack("<I", clx5_raw[4:8])[0] == CLX5_PRELUDE
+    assert clx5.records.tobytes() == clx5_raw[CLX5_PRELUDE:]
+    theirs = databento.DBNStore.from_file(clx5_path).to_ndarray()
+    assert theirs.tobytes() == clx5.records.tobytes()
+
+
+def test_load_accepts_str_and_path(clx5_path, clx5):
+    assert len(load(str(clx5_path))) == len(load(Path(clx5_path))) == len(clx5)
+
+
+def test_slicing_keeps_first_index(clx5):
+    part = clx5[100:200]
+    assert isinstance(part, MboData) and len(part) == 100
+    assert part.first_index == 100 and part.metadata is clx5.metadata
+    inner = part[10:20]
+    assert inner.first_index == 110
+    assert inner.records.tobytes() == clx5.records[110:120].tobytes()
+    tail = clx5[-10:]
+    assert tail.first_index == CLX5_RECORDS - 10 and len(tail) == 10
+    assert clx5[:].first_index == 0 and len(clx5[:]) == CLX5_RECORDS
+    empty = clx5[500:400]
+    assert len(empty) == 0 and empty.first_index == 500
+    assert empty.start_ns is None and empty.end_ns is None
+    with pytest.raises(TypeError, match="slice"):
+        clx5[5]
+    with pytest.raises(ValueError, match="contiguous"):
+        clx5[::2]
+
+
+def test_between_time_slicing(clx5):
+    ts = clx5.records["ts_recv"].astype(np.int64)
+    assert (np.diff(ts) >= 0).all()
+    lo, hi = int(ts[1000]), int(ts[30000])
+    part = clx5.between(lo, hi)
+    want = np.flatnonzero((ts >= lo) & (ts < hi))
+    assert part.first_index == want[0] and len(part) == len(want)
+    assert part.records.tobytes() == clx5.records[want[0]: want[-1] + 1].tobytes()
+    # timestamps: aware, naive (taken as UTC) and strings give the same slice
+    t_lo = pd.Timestamp(lo, unit="ns", tz="UTC")
+    t_hi = pd.Timestamp(hi, unit="ns", tz="UTC")
+    for a, b in ((t_lo, t_hi), (t_lo.tz_localize(None), t_hi.tz_localize(None)),
+                 (str(t_lo), str(t_hi)), (t_lo.tz_convert("America/Chicago"), t_hi)):
+        other = clx5.between(a, b)
+        assert (other.first_index, len(other)) == (part.first_index, len(part))
+    assert len(clx5.between()) == CLX5_RECORDS
+    assert clx5.between(start=hi).first_index == int(np.searchsorted(ts, hi))
+    assert len(clx5.between(end=lo)) == int(np.count_nonzero(ts < lo))
+    assert len(clx5.between(hi, lo)) == 0
+    sub = clx5[2000:9000].between(lo, hi)  # a slice of a slice keeps file indices
+    assert sub.first_index == max(2000, int(want[0]))
+
+
+def test_to_df(clx5):
+    part = clx5[:5000]
+    df = part.to_df()
+    r = part.records
+    assert len(df) == 5000
+    assert df.index.name == "ts_recv"
+    assert str(df.index.dtype) == "datetime64[ns, UTC]"
+    assert (df.index.asi8 == r["ts_recv"].astype(np.int64)).all()
+    assert str(df["ts_event"].dtype) == "datetime64[ns, UTC]"
+    assert (df["ts_event"].astype("int64").to_numpy() == r["ts_event"].astype(np.int64)).all()
+    assert np.array_equal(df["price"].to_numpy(), r["price"] / FIXED_PRICE_SCALE)
+    assert (df["symbol"] == "CLX5").all()
+    assert set(df["action"].astype(str)) <= set("ACMTF")
+    assert (df["action"].astype(str).to_numpy() == r["action"].astype("U1")).all()
+    assert (df["side"].astype(str).to_numpy() == r["side"].astype("U1")).all()
+    for col in ("size", "order_id", "flags", "sequence", "publisher_id", "instrument_id"):
+        assert (df[col].to_numpy() == r[col]).all(), col
+    fixed = part.to_df(price_type="fixed")
+    assert fixed["price"].dtype == np.int64 and (fixed["price"].to_numpy() == r["price"]).all()
+    with pytest.raises(ValueError, match="price_type"):
+        part.to_df(price_type="decimal")
+
+
+def test_to_df_nan_for_undef_price(synth_file):
+    data = load(synth_file)
+    undef = data.records["price"] == UNDEF
+    assert undef.any()  # the clears carry UNDEF_PRICE
+    df = data.to_df()
+    assert df["price"].isna().to_numpy().tolist() == undef.tolist()
+    assert df["symbol"].isin({"CLG5", "ESH5", "SYNQ"}).all()
+    assert (data.to_df(price_type="fixed")["price"].to_numpy()[undef] == UNDEF).all()
+
+
+def test_repr_and_html(clx5, tmp_path):
+    text = repr(clx5)
+    for part in ("CLX5_mbo.dbn", "38,212 records", "GLBX.MDP3", "CLX5"):
+        assert part in text
+    html = clx5._repr_html_()
+    assert html.startswith("<b>MboData</b><table>") and html.endswith("</table>")
+    assert "38212" in html and "GLBX.MDP3" in html
+    weird = write_dbn(tmp_path / "a<b>&c.dbn", clx5.records[:10], dataset="X<Y>")
+    html = load(weird)._repr_html_()
+    assert "a&lt;b&gt;&amp;c.dbn" in html and "X&lt;Y&gt;" in html and "<b>&" not in html
+    assert "empty" in repr(clx5[0:0])
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("suffix", [".dbn", ".dbn.zst"])
+def test_write_round_trip(clx5, tmp_path, version, suffix):
+    path = write_dbn(tmp_path / f"clx5_v{version}{suffix}", clx5.records,
+                     dataset="GLBX.MDP3", symbols=clx5.symbols, version=version)
+    assert path.is_file() and not list(tmp_path.glob("*.part"))
+    raw = path.read_bytes()
+    compressed = suffix.endswith(".zst")
+    assert raw[:4] == (b"\x28\xb5\x2f\xfd" if compressed else b"DBN" + bytes([version]))
+    back = load(path)
+    assert back.records.tobytes() == clx5.records.tobytes()
+    m = back.metadata
+    assert (m.version, m.compressed, m.schema, m.dataset) == (version, compressed, "mbo",
+                                                              "GLBX.MDP3")
+    assert m.symbols == ["CLX5"] and back.symbols == {CLX5_INSTRUMENT: "CLX5"}
+    assert m.start == int(clx5.records["ts_recv"][0])
+    assert m.end > int(clx5.records["ts_recv"][-1])
+    theirs = databento.DBNStore.from_file(path)
+    assert theirs.to_ndarray().tobytes() == clx5.records.tobytes()
+    assert theirs.symbols == ["CLX5"] and theirs.dataset == "GLBX.MDP3"
+
+
+def test_writer_in_chunks_equals_one_shot(clx5, tmp_path):
+    one = write_dbn(tmp_path / "one.dbn", clx5.records, symbols=clx5.symbols)
+    start, end = int(clx5.records["ts_recv"][0]), int(clx5.records["ts_recv"][-1]) + 1
+    with DbnWriter(tmp_path / "chunks.dbn", start=start, end=end, symbols=clx5.symbols) as w:
+        for lo in range(0, len(clx5), 5_000):
+            w.write(clx5.records[lo: lo + 5_000])
+        w.write(clx5.records[:0])
+    assert w.records_written == CLX5_RECORDS
+    assert (tmp_path / "chunks.dbn").read_bytes() == one.read_bytes()
+
+
+def test_writer_abort_leaves_nothing(clx5, tmp_path):
+    path = tmp_path / "never.dbn.zst"
+    with pytest.raises(RuntimeError), DbnWriter(path) as w:
+        w.write(clx5.records[:100])
+        raise RuntimeError("stop")
+    assert not path.exists() and not list(tmp_path.iterdir())
+    with pytest.raises(UnsupportedVersionError, match="version 4"):
+        DbnWriter(tmp_path / "v4.dbn", version=4)
+    with DbnWriter(tmp_path / "bad.dbn") as w, pytest.raises(DataError, match="56-byte"):
+        w.write(np.zeros(3, np.int64))
+
+
+def test_write_empty(tmp_path):
+    path = write_dbn(tmp_path / "empty.dbn", np.zeros(0, MBO_DTYPE))
+    data = load(path)
+    assert len(data) == 0 and data.metadata.schema == "mbo"
+
+
+# --------------------------------------------------------------------------- iter_chunks
+
+
+@pytest.fixture(scope="module")
+def clx5_zst(clx5, tmp_path_factory) -> Path:
+    return write_dbn(tmp_path_factory.mktemp("zst") / "clx5.dbn.zst", clx5.records,
+                     dataset="GLBX.MDP3", symbols=clx5.symbols)
+
+
+@pytest.mark.parametrize("chunk", [1_000, 7_777, CLX5_RECORDS, 1 << 20])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_iter_chunks_equals_load(clx5, clx5_path, clx5_zst, chunk, compressed):
+    path = clx5_zst if compressed else clx5_path
+    chunks = list(iter_chunks(path, chunk))
+    assert len(chunks) == -(-CLX5_RECORDS // chunk)
+    assert all(len(c) == chunk for c in chunks[:-1]) and 0 < len(chunks[-1]) <= chunk
+    assert [c.first_index for c in chunks] == list(range(0, CLX5_RECORDS, chunk))
+    joined = np.concatenate([c.records for c in chunks])
+    assert joined.dtype == MBO_DTYPE
+    assert joined.tobytes() == clx5.records.tobytes()
+    assert all(c.symbols == {CLX5_INSTRUMENT: "CLX5"} for c in chunks)
+    assert chunks[0].metadata.compressed is compressed
+
+
+@pytest.mark.parametrize("suffix", [".dbn", ".dbn.zst"])
+def test_iter_chunks_of_one_record(clx5, tmp_path, suffix):
+    path = write_dbn(tmp_path / f"small{suffix}", clx5.records[:300])
+    chunks = list(iter_chunks(path, 1))
+    assert [c.first_index for c in chunks] == list(range(300))
+    assert b"".join(c.records.tobytes() for c in chunks) == clx5.records[:300].tobytes()
+    with pytest.raises(ValueError, match="chunk_records"):
+        list(iter_chunks(path, 0))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def readers(path: Path):
+    """load() and iter_chunks() of ``path`` as callables."""
+    return [("load", lambda **kw: load(path, **kw)),
+            ("iter_chunks", lambda **kw: list(iter_chunks(path, 5_000, **kw)))]
+
+
+@pytest.mark.parametrize("how", ["load", "iter_chunks"])
+def test_missing_file(tmp_path, how):
+    path = tmp_path / "nope" / "missing.dbn"
+    fn = dict(readers(path))[how]
+    with pytest.raises(DataError) as err:
+        fn()
+    msg = str(err.value)
+    assert str(path) in msg and "not found" in msg and "demo_path" in msg
+    with pytest.raises(DataError):
+        dict(readers(tmp_path))[how]()  # a folder is not a file
+
+
+@pytest.mark.parametrize("content", [
+    pytest.param(b"instrument,price\n432669,64.85\n" * 20, id="text"),
+    pytest.param(np.random.default_rng(7).bytes(4096), id="random"),
+    pytest.param(b"", id="empty"),
+    pytest.param(b"DB", id="short"),
+])
+@pytest.mark.parametrize("how", ["load", "iter_chunks"])
+def test_not_dbn(tmp_path, content, how):
+    path = write(tmp_path / "file.dbn", content)
+    with pytest.raises(NotDbnError) as err:
+        dict(readers(path))[how]()
+    msg = str(err.value)
+    assert str(path) in msg and "not a DBN file" in msg and ".dbn" in msg
+
+
+def trades_file(clx5, tmp_path, compressed: bool, schema=databento_dbn.Schema.TRADES):
+    meta = databento_dbn.Metadata(
+        dataset="GLBX.MDP3", schema=schema, start=0, end=None,
+        stype_in=databento_dbn.SType.RAW_SYMBOL, stype_out=databento_dbn.SType.INSTRUMENT_ID,
+        symbols=["CLX5"], partial=[], not_found=[], mappings=[], version=3,
+    )
+    data = bytes(meta.encode()) + clx5.records[:100].tobytes()
+    name = "trades.dbn.zst" if compressed else "trades.dbn"
+    return write(tmp_path / name, zst(data) if compressed else data)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("how", ["load", "iter_chunks"])
+def test_wrong_schema(clx5, tmp_path, compressed, how):
+    path = trades_file(clx5, tmp_path, compressed)
+    with pytest.raises(WrongSchemaError) as err:
+        dict(readers(path))[how]()
+    msg = str(err.value)
+    assert str(path) in msg and "'trades'" in msg and "schema='mbo'" in msg
+
+
+def test_mixed_schema_metadata(clx5, tmp_path):
+    path = trades_file(clx5, tmp_path, False, schema=None)
+    with pytest.raises(WrongSchemaError, match="several schemas"):
+        load(path)
+
+
+@pytest.mark.parametrize("which", [0, -1])
+def test_non_mbo_record_in_mbo_file(clx5, tmp_path, which):
+    recs = clx5.records[:50].copy()
+    recs["rtype"][which] = 0x01
+    path = write_dbn(tmp_path / "mixed.dbn", recs)
+    with pytest.raises(WrongSchemaError) as err:
+        load(path)
+    assert str(path) in str(err.value) and "rtype 0x01" in str(err.value)
+
+
+@pytest.mark.parametrize("suffix", [".dbn", ".dbn.zst"])
+def test_non_mbo_record_index_is_file_wide_in_chunks(clx5, tmp_path, suffix):
+    recs = clx5.records[:50].copy()
+    recs["rtype"][49] = 0x01
+    path = write_dbn(tmp_path / f"mixed{suffix}", recs)
+    with pytest.raises(WrongSchemaError) as err:
+        list(iter_chunks(path, 20))
+    assert "record 49 has rtype 0x01" in str(err.value)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("how", ["load", "iter_chunks"])
+def test_truncated_mid_record(clx5_raw, tmp_path, compressed, how, caplog):
+    n, extra = 12_345, 20
+    cut = clx5_raw[: CLX5_PRELUDE + n * 56 + extra]
+    path = write(tmp_path / ("cut.dbn.zst" if compressed else "cut.dbn"),
+                 zst(cut) if compressed else cut)
+    fn = dict(readers(path))[how]
+    with pytest.raises(TruncatedFileError) as err:
+        fn()
+    e = err.value
+    assert isinstance(e, DataError)
+    assert e.records_read == n
+    assert e.byte_offset == CLX5_PRELUDE + n * 56
+    msg = str(e)
+    assert str(path) in msg and "12,345 whole records" in msg and "allow_truncated=True" in msg
+    assert f"byte offset {CLX5_PRELUDE + n * 56:,}" in msg
+    with caplog.at_level(logging.WARNING, logger="mbo_lab"):
+        got = fn(allow_truncated=True)
+    recs = got.records if how == "load" else np.concatenate([c.records for c in got])
+    assert recs.tobytes() == clx5_raw[CLX5_PRELUDE: CLX5_PRELUDE + n * 56]
+    assert "truncated" in caplog.text
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("how", ["load", "iter_chunks"])
+def test_truncated_inside_metadata(clx5_raw, tmp_path, compressed, how):
+    cut = clx5_raw[:100]
+    path = write(tmp_path / ("meta.dbn.zst" if compressed else "meta.dbn"),
+                 zst(cut) if compressed else cut)
+    with pytest.raises(TruncatedFileError) as err:
+        dict(readers(path))[how]()
+    assert str(path) in str(err.value) and "metadata" in str(err.value)
+    assert "download it again" in str(err.value)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("how", ["load", "iter_chunks"])
+def test_unsupported_version(clx5_raw, tmp_path, compressed, how):
+    raw = bytearray(clx5_raw)
+    raw[3] = 9
+    path = write(tmp_path / ("v9.dbn.zst" if compressed else "v9.dbn"),
+                 zst(bytes(raw)) if compressed else bytes(raw))
+    with pytest.raises(UnsupportedVersionError) as err:
+        dict(readers(path))[how]()
+    msg = str(err.value)
+    assert str(path) in msg and "version 9" in msg and "1-3" in msg and "dbn" in msg
+
+
+@pytest.mark.parametrize("how", ["load", "iter_chunks"])
+def test_corrupt_zstd(tmp_path, how):
+    junk = b"\x28\xb5\x2f\xfd" + np.random.default_rng(3).bytes(500)
+    path = write(tmp_path / "corrupt.dbn.zst", junk)
+    with pytest.raises(NotDbnError) as err:
+        dict(readers(path))[how]()
+    assert str(path) in str(err.value) and "download it again" in str(err.value)
+
+
+@pytest.mark.parametrize("how", ["load", "iter_chunks"])
+def test_corrupt_zstd_after_valid_start(clx5_raw, tmp_path, how):
+    """Damage in the middle of a checksummed frame: the first chunks decode, then the
+    reader must fail with the package's error (zstd without a checksum cannot tell)."""
+    comp = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(clx5_raw))
+    mid = len(comp) // 2
+    comp[mid: mid + 64] = bytes(b ^ 0x5A for b in comp[mid: mid + 64])
+    path = write(tmp_path / "damaged.dbn.zst", bytes(comp))
+    with pytest.raises(DataError) as err:
+        dict(readers(path))[how]()
+    assert str(path) in str(err.value)
+
+
+def test_mbo_data_rejects_other_arrays():
+    with pytest.raises(DataError, match="MBO"):
+        MboData(np.zeros(3, np.int64))
+    same_layout = np.zeros(2, dtype=[("x", "V56")])
+    assert MboData(same_layout).records.dtype == MBO_DTYPE
+    assert MboData(np.zeros(0, MBO_DTYPE)).metadata == DbnMetadata()
+
+
+# --------------------------------------------------------------------------- book API
+
+
+def level_cols(levels: int) -> list[str]:
+    return [f"{side}_{what}_{k:02d}" for k in range(levels) for what in ("px", "sz", "ct")
+            for side in ("bid", "ask")]
+
+
+@pytest.fixture(scope="module")
+def clx5_mbp3(clx5):
+    return mbo_lab.mbp(clx5, levels=3)
+
+
+def test_mbp_columns_and_empty_levels(clx5, clx5_mbp3):
+    df = clx5_mbp3
+    assert len(df) == CLX5_F_LAST
+    assert [c for c in df.columns if c[-3:-2] == "_" and c[-2:].isdigit()] == level_cols(3)
+    for col in ("ts_event", "instrument_id", "publisher_id", "sequence", "record_index",
+                "symbol", "crossed", "locked"):
+        assert col in df.columns, col
+    assert df.index.name == "ts_recv" and str(df.index.dtype) == "datetime64[ns, UTC]"
+    assert (df["symbol"] == "CLX5").all()
+    idx = np.flatnonzero(clx5.records["flags"] & F_LAST)
+    assert df["record_index"].tolist() == idx.tolist()
+    assert (df.index.asi8 == clx5.records["ts_recv"][idx].astype(np.int64)).all()
+    assert int(df["crossed"].sum()) == CLX5_CROSSED and int(df["locked"].sum()) == 0
+    assert df.attrs["counters"]["unknown_cancel"] == CLX5_UNKNOWN_CANCEL
+    assert df.attrs["counters"]["unknown_modify"] == CLX5_UNKNOWN_MODIFY
+    empty_seen = False
+    for k in range(3):
+        for side in ("bid", "ask"):
+            px, sz, ct = (df[f"{side}_{w}_{k:02d}"].to_numpy() for w in ("px", "sz", "ct"))
+            empty = np.isnan(px)
+            empty_seen |= bool(empty.any())
+            assert (sz[empty] == 0).all() and (ct[empty] == 0).all()
+            assert (sz[~empty] > 0).all() and (ct[~empty] > 0).all()
+    assert empty_seen  # the mid-session start leaves sides empty at first
+    fixed = mbo_lab.mbp(clx5, levels=3, price_type="fixed")
+    for c in [c for c in df.columns if "_px_" in c]:
+        f = fixed[c].to_numpy()
+        assert f.dtype == np.int64
+        assert np.array_equal(np.isnan(df[c].to_numpy()), f == UNDEF)
+        ok = f != UNDEF
+        assert np.array_equal(df[c].to_numpy()[ok], f[ok] / FIXED_PRICE_SCALE)
+
+
+def test_mbp_crossed_flags_match_prices(clx5_mbp3):
+    df = clx5_mbp3
+    both = df["bid_px_00"].notna() & df["ask_px_00"].notna()
+    assert (df["crossed"] == (both & (df["bid_px_00"] > df["ask_px_00"]))).all()
+    assert (df["locked"] == (both & (df["bid_px_00"] == df["ask_px_00"]))).all()
+
+
+def test_bbo_is_first_level_of_mbp(clx5, clx5_mbp3):
+    b = mbo_lab.bbo(clx5)
+    assert [c for c in b.columns if c.endswith("_00")] == level_cols(1)
+    assert not any(c.endswith("_01") for c in b.columns)
+    pd.testing.assert_frame_equal(b, clx5_mbp3[list(b.columns)])
+
+
+def test_mbp_sources_agree(clx5, clx5_path, clx5_mbp3):
+    from_path = mbo_lab.mbp(clx5_path, levels=3)
+    pd.testing.assert_frame_equal(from_path, clx5_mbp3)
+    chunked = mbo_lab.mbp(clx5, levels=3, chunk_records=997)
+    pd.testing.assert_frame_equal(chunked, clx5_mbp3)
+    assert chunked.attrs["counters"] == clx5_mbp3.attrs["counters"]
+    with pytest.raises(EngineError, match="MBO data"):
+        mbo_lab.mbp(12345)
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 6_000), (20_000, 26_000)])
+def test_reference_engine_equals_default_on_a_slice(clx5, lo, hi):
+    part = clx5[lo:hi]
+    ref = mbo_lab.mbp(part, levels=5, engine="reference")
+    default = mbo_lab.mbp(part, levels=5)
+    pd.testing.assert_frame_equal(ref, default)
+    assert ref.attrs["counters"] == default.attrs["counters"]
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+def assert_frames_invariants(f: BookFrames) -> None:
+    assert (np.diff(f.index) > 0).all()
+    for px, sz, ct, sign in ((f.bid_px, f.bid_sz, f.bid_ct, -1),
+                             (f.ask_px, f.ask_sz, f.ask_ct, 1)):
+        defined = px != UNDEF
+        assert (sz >= 0).all() and (ct >= 0).all()
+        assert (sz[defined] > 0).all()  # non-empty level => positive size
+        assert (sz[~defined] == 0).all() and (ct[~defined] == 0).all()
+        assert (defined[:, 1:] <= defined[:, :-1]).all()  # levels packed from the top
+        both = defined[:, 1:] & defined[:, :-1]
+        step = np.sign(px[:, 1:] - px[:, :-1])  # CLX5 prices are far from int64 limits
+        assert (step[both] == sign).all()  # bids strictly descending, asks ascending
+    both = (f.bid_px[:, 0] != UNDEF) & (f.ask_px[:, 0] != UNDEF)
+    expect = np.where(both & (f.bid_px[:, 0] > f.ask_px[:, 0]), 2,
+                      np.where(both & (f.bid_px[:, 0] == f.ask_px[:, 0]), 1, 0))
+    assert np.array_equal(f.cross, expect)
+
+
+def test_clx5_invariants_chunk_wise(clx5):
+    eng = NumbaEngine(levels=10)
+    parts = []
+    for lo in range(0, len(clx5), 3_000):
+        parts.append(eng.apply(clx5.records[lo: lo + 3_000], base_index=lo))
+        assert eng.check() == 0, f"kernel invariants broken after record {lo + 3_000}"
+        assert eng.state.live_orders >= 0
+    frames = BookFrames.concat(parts, 10)
+    assert len(frames) == CLX5_F_LAST
+    assert_frames_invariants(frames)
+    # CLX5 has no top-of-book records: every level holds at least one order
+    assert (frames.bid_ct[frames.bid_px != UNDEF] > 0).all()
+    assert (frames.ask_ct[frames.ask_px != UNDEF] > 0).all()
+    assert int(np.count_nonzero(frames.cross == 2)) == CLX5_CROSSED
