@@ -14,6 +14,8 @@ with F_LAST.
 
 from __future__ import annotations
 
+from . import analytics, store
+from .batch import BatchResult, batch
 from .book.build import as_data, bbo, iter_frames, mbp, replay_frames
 from .book.engine import NumbaEngine, ReferenceEngine, make_engine
 from .book.frames import BookFrames
@@ -31,9 +33,13 @@ from .errors import (
     WrongSchemaError,
 )
 from .io.dbn import DbnMetadata, DbnWriter, MboData, iter_chunks, load, write_dbn
+from .io.fetch import fetch
+from .io.live import LiveRecorder, start_live
 from .io.records import MBO_DTYPE, px_to_float
 from .io.synth import SynthInstrument, demo_path, generate, synth_records, write_synth
 from .replay.session import SPEED_MAX, Frame, Session, open_session
+from .store import export
+from .store import read as read_store
 
 open = open_session  # noqa: A001 - ``mbo_lab.open(source)`` is the documented entry point
 
@@ -45,7 +51,8 @@ __all__ = [
     "NumbaEngine", "ReferenceEngine", "make_engine", "BookState", "Book", "Market",
     "SynthInstrument", "demo_path", "generate", "synth_records", "write_synth",
     "Settings", "get_settings", "warmup", "open", "open_session", "Session", "Frame",
-    "SPEED_MAX",
+    "SPEED_MAX", "analytics", "store", "export", "read_store", "batch", "BatchResult",
+    "fetch", "start_live", "LiveRecorder",
     "MboLabError", "DataError", "NotDbnError", "WrongSchemaError", "UnsupportedVersionError",
     "TruncatedFileError", "ConfigError", "EngineError",
 ]

@@ -1,0 +1,274 @@
+"""Tests of mbo_lab.store: Parquet export/read, exact round trips, partitions, re-runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mbo_lab
+from mbo_lab import store
+from mbo_lab.cli import main
+from mbo_lab.io.dbn import write_dbn
+from mbo_lab.io.synth import DEFAULT_START_NS
+
+N = 20_000
+SYMBOLS = {1001: "CLG5", 1002: "ESH5", 1003: "SYNQ"}
+#: 40 s before a UTC midnight, so the stream spans two days
+START = (DEFAULT_START_NS // 86_400_000_000_000 + 1) * 86_400_000_000_000 - 40 * 10**9
+
+
+@pytest.fixture(scope="module")
+def recs() -> np.ndarray:
+    return mbo_lab.synth_records(N, seed=21, clear_snapshot_every=8_000, start_ns=START)
+
+
+@pytest.fixture(scope="module")
+def exported(recs, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("store")
+    summary = store.export(recs, out, levels=4, chunk_records=4_000, progress=False,
+                           symbols=SYMBOLS)
+    return out, summary
+
+
+def _bytes(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a).tobytes()
+
+
+def test_layout_and_summary(exported, recs):
+    out, s = exported
+    assert s["records"] == N and set(s["tables"]) == set(store.TABLES)
+    days = sorted(p.name for p in (out / "records").iterdir())
+    assert days == [f"date={d}" for d in sorted({str(np.datetime64(int(t), "ns").astype(
+        "datetime64[D]")) for t in recs["ts_recv"][[0, -1]]})]
+    assert len(days) == 2
+    parts = {p.relative_to(out).as_posix() for p in out.rglob("*.parquet")}
+    iids = {int(i) for i in np.unique(recs["instrument_id"])}
+    for table in store.TABLES:
+        found = {int(p.split("/")[2].split("=")[1]) for p in parts if p.startswith(table)}
+        assert found == iids, table
+    assert all(p.split("/")[-1].startswith("part-") for p in parts)
+    assert s["tables"]["records"]["rows"] == N
+    assert store.tables(out) == sorted(store.TABLES)
+    assert not any((out / ".staging").iterdir())
+
+
+def test_records_round_trip_exact(exported, recs):
+    out, _ = exported
+    df = store.read(out, "records")
+    assert len(df) == N
+    assert _bytes(store.records_from_frame(df)) == _bytes(recs)
+    assert (df.index.asi8 == recs["ts_recv"].astype(np.int64)).all()
+    assert df["price_fixed"].dtype == np.int64 and df["order_id"].dtype == np.uint64
+    undef = recs["price"] == mbo_lab.io.records.UNDEF_PRICE
+    assert undef.any() and df["price"].isna().to_numpy().tolist() == undef.tolist()
+    assert set(df["symbol"]) == {"CLG5", "ESH5", "SYNQ"}
+
+
+def test_bbo_mbp_trades_equal_engine_output(exported, recs):
+    out, s = exported
+    ref = mbo_lab.mbp(recs, 4, price_type="fixed")
+    reff = mbo_lab.mbp(recs, 4)
+    bbo = store.read(out, "bbo")
+    mbp = store.read(out, "mbp")
+    for got, levels in ((bbo, 1), (mbp, 4)):
+        assert len(got) == len(ref)
+        assert (got.index == ref.index).all()
+        assert (got["record_index"].to_numpy() == ref["record_index"].to_numpy()).all()
+        for k in range(levels):
+            for side in ("bid", "ask"):
+                c = f"{side}_px_{k:02d}"
+                assert (got[c + "_fixed"].to_numpy() == ref[c].to_numpy()).all()
+                np.testing.assert_array_equal(got[c].to_numpy(), reff[c].to_numpy())
+                for f in ("sz", "ct"):
+                    assert (got[f"{side}_{f}_{k:02d}"].to_numpy() ==
+                            ref[f"{side}_{f}_{k:02d}"].to_numpy()).all()
+        assert (got["crossed"].to_numpy() == ref["crossed"].to_numpy()).all()
+    assert "bid_px_01" not in bbo.columns
+    tr = store.read(out, "trades")
+    ti = np.flatnonzero(recs["action"] == b"T")
+    assert tr["record_index"].tolist() == ti.tolist()
+    assert (tr["price_fixed"].to_numpy() == recs["price"][ti]).all()
+    assert tr["side"].tolist() == recs["side"][ti].astype("U1").tolist()
+    assert s["tables"]["trades"]["rows"] == len(ti)
+
+
+def test_read_filters(exported, recs):
+    out, _ = exported
+    day2 = str(np.datetime64(int(recs["ts_recv"][-1]), "ns").astype("datetime64[D]"))
+    one = store.read(out, "bbo", instrument_id=1002, date=day2, columns=["bid_px_00"])
+    assert set(one["instrument_id"]) == {1002} and set(one["date"]) == {day2}
+    assert list(one.columns) == ["bid_px_00", "date", "instrument_id"]
+    t0 = pd.Timestamp(int(recs["ts_recv"][1000]), tz="UTC")
+    t1 = pd.Timestamp(int(recs["ts_recv"][2000]), tz="UTC")
+    win = store.read(out, "records", start=t0, end=t1)
+    assert win["record_index"].tolist() == list(range(
+        int(np.searchsorted(recs["ts_recv"], recs["ts_recv"][1000])),
+        int(np.searchsorted(recs["ts_recv"], recs["ts_recv"][2000]))))
+    two = store.read(out, "trades", publisher_id=[1, 2], side="B")
+    assert set(two["publisher_id"]) == {1, 2} and set(two["side"]) == {"B"}
+    with pytest.raises(store.StoreError, match="no column"):
+        store.read(out, "bbo", colour="red")
+    with pytest.raises(store.StoreError, match="no table"):
+        store.read(out, "nothing")
+
+
+def test_readable_by_pandas_and_duckdb(exported, recs):
+    out, _ = exported
+    direct = pd.read_parquet(out / "records")
+    assert len(direct) == N and int(direct["size"].sum()) == int(recs["size"].sum())
+    duckdb = pytest.importorskip("duckdb")
+    q = duckdb.sql(
+        f"select instrument_id, date, count(*) as n, sum(size) as sz, "
+        f"min(epoch_ns(ts_recv)) as t0, max(price_fixed) filter (where action = 'T') as pmax "
+        f"from read_parquet('{out}/records/**/*.parquet', hive_partitioning=true) "
+        f"group by all order by all").df()
+    for row in q.itertuples():
+        sel = recs[recs["instrument_id"] == row.instrument_id]
+        day = sel["ts_recv"].astype("datetime64[ns]").astype("datetime64[D]").astype(str)
+        sel = sel[day == str(row.date)[:10]]
+        assert row.n == len(sel) and row.sz == int(sel["size"].sum())
+        assert row.t0 == int(sel["ts_recv"].min())
+        assert row.pmax == int(sel["price"][sel["action"] == b"T"].max())
+    nb = duckdb.sql(f"select count(*) from read_parquet('{out}/bbo/**/*.parquet', "
+                    "hive_partitioning=true) where crossed").df().iloc[0, 0]
+    assert nb == 0
+
+
+@pytest.mark.filterwarnings("ignore:The inplace keyword")  # dask's own use of pandas
+def test_readable_by_dask(exported):
+    dd = pytest.importorskip("dask.dataframe", reason="dask is not installed")
+    out, _ = exported
+    got = dd.read_parquet(str(out / "trades")).compute()
+    want = store.read(out, "trades")
+    assert len(got) == len(want)
+    assert sorted(got["record_index"]) == want["record_index"].tolist()
+    assert (got["ts_recv"].dt.tz is not None) and got["price_fixed"].dtype == np.int64
+
+
+def test_grid_is_last_state_per_bin(recs, tmp_path):
+    s = store.export(recs, tmp_path, levels=2, grid="50ms", what=("mbp",), chunk_records=1_500,
+                     progress=False)
+    got = store.read(tmp_path, "mbp")
+    ref = mbo_lab.mbp(recs, 2, price_type="fixed")
+    step = 50_000_000
+    ref["_bin"] = ref.index.asi8 // step * step
+    want = ref.groupby(["instrument_id", "publisher_id", "_bin"], sort=False).tail(1)
+    assert sorted(got["record_index"]) == sorted(want["record_index"])
+    assert s["tables"]["mbp"]["rows"] == len(want)
+    w = want.set_index("record_index").loc[got["record_index"]]
+    assert (pd.DatetimeIndex(got["ts_bin"]).asi8 == w["_bin"].to_numpy()).all()
+    assert (got["bid_px_01_fixed"].to_numpy() == w["bid_px_01"].to_numpy()).all()
+    assert (got["ask_sz_00"].to_numpy() == w["ask_sz_00"].to_numpy()).all()
+    with pytest.raises(store.StoreError, match="one layout"):
+        store.export(recs, tmp_path, levels=3, grid="50ms", what=("mbp",), progress=False)
+
+
+def test_file_source_streams_like_memory(recs, tmp_path, exported):
+    path = write_dbn(tmp_path / "s.dbn.zst", recs, symbols=SYMBOLS)
+    out = tmp_path / "from_file"
+    s = store.export(path, out, levels=4, chunk_records=7_000, progress=True)
+    assert s["records"] == N and s["source"] == str(path)
+    for table in store.TABLES:
+        a = store.read(out, table)
+        b = store.read(exported[0], table)
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_rerun_replaces_partitions(recs, tmp_path):
+    out = tmp_path / "re"
+    store.export(recs, out, levels=1, what=("bbo", "trades"), progress=False)
+    first = store.read(out, "bbo")
+    files = sorted(out.rglob("*.parquet"))
+    store.export(recs, out, levels=1, what=("bbo", "trades"), progress=False)
+    pd.testing.assert_frame_equal(store.read(out, "bbo"), first)
+    assert sorted(out.rglob("*.parquet")) == files
+    # a re-run with other data replaces the partitions it writes, and only those
+    store.export(recs[:5_000], out, levels=1, what=("bbo",), progress=False)
+    again = store.read(out, "bbo")
+    day0, day1 = sorted(set(first["date"]))
+    ref = mbo_lab.bbo(recs[:5_000])
+    assert set(ref.index.strftime("%Y-%m-%d")) == {day0}
+    new = again[again["date"] == day0]
+    assert new["record_index"].tolist() == ref["record_index"].tolist()
+    pd.testing.assert_frame_equal(again[again["date"] == day1], first[first["date"] == day1])
+
+
+def test_failed_export_leaves_previous_data(recs, tmp_path, monkeypatch):
+    out = tmp_path / "crash"
+    store.export(recs, out, levels=1, what=("bbo",), progress=False)
+    before = store.read(out, "bbo")
+    calls = {"n": 0}
+    orig = store._Staging.write
+
+    def boom(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("disk full")
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(store._Staging, "write", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.export(recs[:10_000], out, levels=1, what=("bbo",), chunk_records=1_000,
+                     progress=False)
+    pd.testing.assert_frame_equal(store.read(out, "bbo"), before)
+    assert not any((out / ".staging").iterdir())
+
+
+def test_replace_without_exchange_and_stale_staging(recs, tmp_path, monkeypatch):
+    out = tmp_path / "noxchg"
+    store.export(recs[:3_000], out, levels=1, what=("trades",), progress=False)
+    stale = out / ".staging" / f"{socket.gethostname()}-{2**22 + 12345}-deadbeef"
+    stale.mkdir(parents=True)
+    alive = out / ".staging" / f"{socket.gethostname()}-{os.getpid()}-cafe"
+    alive.mkdir()
+    monkeypatch.setattr(store, "_exchange", lambda a, b: False)
+    store.export(recs[:6_000], out, levels=1, what=("trades",), progress=False)
+    ti = np.flatnonzero(recs["action"][:6_000] == b"T")
+    assert store.read(out, "trades")["record_index"].tolist() == ti.tolist()
+    assert not stale.exists() and alive.exists()
+
+
+def test_bad_arguments(recs, tmp_path):
+    with pytest.raises(store.StoreError, match="unknown table"):
+        store.export(recs, tmp_path, what=("quotes",))
+    with pytest.raises(store.StoreError, match="grid"):
+        store.export(recs, tmp_path, grid="soon")
+    with pytest.raises(store.StoreError, match="levels"):
+        store.export(recs, tmp_path, levels=0)
+
+
+def test_memory_is_bounded_by_chunk(tmp_path):
+    """200k records (11 MB of records) from .dbn.zst in 10k-record chunks: the export never
+    holds the whole stream (NumPy peak well below its size; Arrow's pool stays small)."""
+    n = 200_000
+    path = mbo_lab.write_synth(tmp_path / "big.dbn.zst", n, seed=3)
+    import pyarrow as pa
+
+    pool = pa.default_memory_pool()
+    tracemalloc.start()
+    try:
+        s = store.export(path, tmp_path / "big", levels=5, grid="1s", chunk_records=10_000,
+                         progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert s["records"] == n
+    assert peak < 9 << 20 < n * 56, f"NumPy peak {peak / 2**20:.1f} MiB"
+    assert pool.max_memory() < 64 << 20
+
+
+def test_cli_export(tmp_path, capsys):
+    path = mbo_lab.write_synth(tmp_path / "c.dbn", 5_000, seed=1)
+    rc = main(["export", str(path), "-o", str(tmp_path / "o"), "--levels", "3", "--grid",
+               "100ms"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "exported 5,000 records" in out and "mbp" in out
+    assert "bid_px_02" in store.read(tmp_path / "o", "mbp").columns
+    assert main(["export", str(path), "-o", str(tmp_path / "o2"), "--tables", "bogus"]) == 2
