@@ -395,12 +395,14 @@ class Session:
             raise MboLabError(f"speed must be within 0.1..1000 or SPEED_MAX, got {speed}")
         self.clock.speed = speed
 
-    def advance(self, wall_seconds: float, max_records: int = 2_000_000) -> bool:
+    def advance(self, wall_seconds: float, max_records: int = 200_000) -> bool:
         """Move the clock by ``wall_seconds`` of wall time at the current speed and apply
         the records it reaches (snapped to F_LAST); publish if the frame budget allows.
 
-        Returns False at the end of the data. The play task calls this every frame; it is
-        public so that scripts and tests can drive the clock without an event loop.
+        Returns False at the end of the data. At ``SPEED_MAX`` each call applies up to
+        ``max_records`` records, so "as fast as possible" still plays visibly. The play
+        task calls this every frame; it is public so that scripts and tests can drive the
+        clock without an event loop.
         """
         n = len(self.data)
         if self.position >= n:
@@ -450,7 +452,8 @@ class Session:
         last = _time.perf_counter()
         try:
             while self.clock.playing:
-                await asyncio.sleep(period)
+                # sleep what is left of the frame period after the last frame's work
+                await asyncio.sleep(max(0.0, period - (_time.perf_counter() - last)))
                 now = _time.perf_counter()
                 more = self.advance(now - last)
                 last = now
@@ -463,6 +466,16 @@ class Session:
         except Exception:
             log.exception("replay clock stopped by an error")
             self.clock.playing = False
+
+    # ---------------------------------------------------------------- serving
+    def serve(self, host: str | None = None, port: int | None = None,
+              token: str | None = None, **kw: Any) -> Any:
+        """Serve this session over HTTP/SSE on the running event loop (returns at once);
+        returns a server with ``.url``, ``.port``, ``.token``, ``.stop()``. See
+        :mod:`mbo_lab.serve`."""
+        from ..serve import start
+
+        return start(self, host=host, port=port, token=token, **kw)
 
     # ---------------------------------------------------------------- display
     def stats(self) -> dict[str, Any]:
@@ -478,6 +491,13 @@ class Session:
             "frames_published": self.clock.frames_published,
             "frames_skipped": self.clock.frames_skipped, **self.engine.counters,
         }
+
+    def dashboard(self, **kw: Any) -> Any:
+        """The notebook dashboard (ipywidgets + bqplot) on this session; see
+        :class:`mbo_lab.viz.Dashboard`."""
+        from ..viz.dashboard import Dashboard
+
+        return Dashboard(self, **kw)
 
     def __repr__(self) -> str:
         return (f"Session({len(self.data):,} records, book {self.instrument_id}@"
