@@ -57,7 +57,11 @@ def resolve_files(files_or_pattern: str | os.PathLike | Iterable[str | os.PathLi
         else:
             out = [Path(p)]
     else:
-        out = [Path(x) for x in files_or_pattern]
+        out = []
+        for x in files_or_pattern:
+            sx = str(x)
+            out.extend(resolve_files(sx) if any(ch in sx for ch in "*?[") or Path(sx).is_dir()
+                       else [Path(sx)])
     if not out:
         raise MboLabError(f"no DBN files match {files_or_pattern!r}")
     return out

@@ -6,6 +6,8 @@ Verbs::
     mbo-lab info FILE                  records, span, symbols, actions, unknown-order counts
     mbo-lab synth -o FILE --records N --seed S
     mbo-lab mbp FILE --levels N -o OUT.parquet|OUT.csv [--engine numba|reference]
+    mbo-lab export FILE -o DIR [--levels N] [--grid 100ms]   Parquet store (records, bbo, ...)
+    mbo-lab serve [FILE] [--host H] [--port P] [--token T] [--speed S]   HTTP/SSE server
 
 Exit status: 0 on success, 2 for bad input (the message says what and what to do).
 """
@@ -186,6 +188,57 @@ def cmd_mbp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .store import export
+
+    what = tuple(w.strip() for w in args.tables.split(",") if w.strip())
+    summary = export(args.file, args.output, levels=args.levels, grid=args.grid, what=what,
+                     engine=args.engine, chunk_records=args.chunk_records, progress=None)
+    print(f"exported {summary['records']:,} records from {summary['source']} to "
+          f"{summary['out_dir']} in {summary['seconds']:.2f} s")
+    for name, t in summary["tables"].items():
+        print(f"  {name:<8} {t['rows']:>12,} rows in {len(t['partitions'])} partition(s)")
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import batch
+
+    client = None
+    if args.scheduler:
+        from distributed import Client
+
+        client = Client(args.scheduler)
+    res = batch(args.files, args.output, client=client, levels=args.levels, grid=args.grid,
+                overwrite=args.overwrite, n_workers=args.workers, progress=True)
+    counts = res.report["status"].value_counts().to_dict()
+    print(f"batch: {len(res.report)} files in {res.seconds:.1f} s -> {res.out_dir} {counts}")
+    for _, r in res.failed.iterrows():
+        print(f"  failed: {r['file']}: {r['error']}")
+    if res.dashboard_link:
+        print(f"dashboard was: {res.dashboard_link}")
+    return 0 if res.failed.empty else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .replay.session import SPEED_MAX, open_session
+    from .serve import run
+
+    try:
+        speed = SPEED_MAX if args.speed == "max" else float(args.speed)
+    except ValueError:
+        raise MboLabError(f"--speed must be a number or 'max', got {args.speed!r}") from None
+    session = open_session(args.file)
+
+    def announce(srv) -> None:
+        print(f"serving {len(session):,} records on {srv.url}")
+        print(f"page:   {srv.page_url}")
+        print(f"API:    {srv.url}openapi.json   (Ctrl-C stops)", flush=True)
+
+    return run(session, host=args.host, port=args.port, token=args.token, speed=speed,
+               announce=announce)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mbo-lab", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"mbo-lab {__version__}")
@@ -217,6 +270,36 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--engine", default=None, choices=["numba", "reference"])
     m.add_argument("--chunk-records", type=int, default=None)
     m.set_defaults(func=cmd_mbp)
+
+    ex = sub.add_parser("export", help="Parquet store partitioned by date and instrument")
+    ex.add_argument("file")
+    ex.add_argument("-o", "--output", required=True, help="output folder (created)")
+    ex.add_argument("--levels", type=int, default=10, help="levels of the mbp table")
+    ex.add_argument("--grid", default=None, help="mbp: last state per bin, e.g. 100ms")
+    ex.add_argument("--tables", default="records,bbo,mbp,trades",
+                    help="comma-separated subset of records,bbo,mbp,trades")
+    ex.add_argument("--engine", default=None, choices=["numba", "reference"])
+    ex.add_argument("--chunk-records", type=int, default=None)
+    ex.set_defaults(func=cmd_export)
+
+    bt = sub.add_parser("batch", help="replay many files on Dask into a Parquet store")
+    bt.add_argument("files", nargs="+", help="files, folders or glob patterns")
+    bt.add_argument("-o", "--output", required=True, help="store folder")
+    bt.add_argument("--levels", type=int, default=10)
+    bt.add_argument("--grid", default=None, help="MBP time grid, e.g. 100ms")
+    bt.add_argument("--workers", type=int, default=None, help="LocalCluster workers")
+    bt.add_argument("--scheduler", default=None, help="tcp://host:8786 of a running cluster")
+    bt.add_argument("--overwrite", action="store_true", help="redo files already done")
+    bt.set_defaults(func=cmd_batch)
+
+    sv = sub.add_parser("serve", help="serve a replay over HTTP/SSE (demo data without FILE)")
+    sv.add_argument("file", nargs="?", default=None)
+    sv.add_argument("--host", default=None, help="interface (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    sv.add_argument("--token", default=None, help="API token (default: MBO_LAB_TOKEN or "
+                    "generated)")
+    sv.add_argument("--speed", default="1", help="replay speed, 0.1..1000 or 'max'")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 
