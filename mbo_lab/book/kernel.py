@@ -1,8 +1,8 @@
 """The Numba book kernel: MBO records applied to flat-array order books.
 
-Every function here is ``@njit(cache=True, nogil=True)`` over flat NumPy arrays; the state
-lives in :class:`mbo_lab.book.state.BookState` (arrays named in :data:`STATE_FIELDS`,
-passed to the kernel positionally). Semantics are exactly those of
+Every function here is ``@njit(cache=True, nogil=True, _nrt=False)`` over flat NumPy
+arrays; the state lives in :class:`mbo_lab.book.state.BookState` (arrays named in
+:data:`STATE_FIELDS`, passed to the kernel positionally). Semantics are exactly those of
 :mod:`mbo_lab.book.reference` (the tests compare the two at every F_LAST); read that
 module for the rules.
 
@@ -15,22 +15,44 @@ Layout (all int64)
   capacity of a slice of ``pool (P, 2)`` = (key, level id). Keys grow toward the touch
   (bids ``price``, asks ``~price``) so the best level is the last row and work near the
   touch shifts few rows. Any int64 price works: there is no tick ladder to overflow.
-* ``lvl (L, 5)``: price, total size, order count, FIFO head and tail order slot;
-  ``lvl_free`` is a stack of free rows.
+* ``lvl (L, 8)``: price, total size, order count, FIFO head and tail order slot (3 spare
+  columns: one 64-byte row per level); ``lvl_free`` is a stack of free rows.
 * ``ords (O, 8)``: order id, segment, price, size, level, prev, next, add time (ns) -- one
   64-byte row per order; ``ord_free`` is a stack of free rows.
-* ``oh (H, 2)``: linear-probing hash ``(order_id, book) -> order slot`` (slot -1 = empty),
-  kept at most half full, with backward-shift deletion (no tombstones).
+* ``oh (H, 2)``: linear-probing hash ``(order_id, book) -> order slot``: row
+  ``(order_id, book << 32 | slot)``, ``-1`` = empty, so a probe never reads ``ords``. Kept
+  at most half full (it grows with the live orders, not with ``ords``), backward-shift
+  deletion (no tombstones).
 
 Growth: the kernel checks capacity *before* it changes anything for a record; when a pool,
 table or segment is full it returns that record's index and a status code, the Python
 wrapper grows the arrays and calls again from that record, so results equal one pass.
+
+Speed notes (each measured)
+---------------------------
+* Every function is compiled with ``_nrt=False``: the kernel never allocates, and without
+  the Numba runtime a call or an inlined helper that passes arrays costs no atomic
+  reference-count update (with the runtime, each array argument cost ~5-10 ns per call,
+  inlined or not, which made helper-based code ~10x slower and was the first big cost).
+* The hot loop works on flat 1-D views of the 2-D state (``arr.reshape(arr.size)``) with
+  ``np.uint64`` indices: no negative-index fix-up and no stride multiply per access.
+  Row widths are the layout constants above.
+* Look-ahead: four records ahead the kernel finds the record's book and the home row of its
+  order in ``oh`` and prefetches that row; one record ahead it prefetches the order's row
+  of ``ords``. A book or hash row missing from L1 was the largest stall.
+* Free-list depths and the live count are locals inside the loop; the order hash is small
+  (sized by the live orders) and its probe reads only ``oh``.
+* Hot helpers are ``inline="always"`` and each is inlined at one call site only (compile
+  time); rare paths (clear, new book, top-of-book over real orders) are calls.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ..io.records import (
     ACTION_ADD,
@@ -60,8 +82,8 @@ M_LVL_FREE = 2  # free level rows on the stack
 M_SEG_USED = 3  # pool rows handed out to segments
 M_LIVE = 4  # live orders (= occupied order-hash entries)
 M_SEG_FULL = 5  # segment that needs room (with NEED_SEGMENT; -1: room for a new book)
-M_LAST_KEY = 6  # cache: last book key looked up
-M_LAST_BOOK = 7  # cache: its book index
+M_LAST_KEY = 6  # unused (kept for compatibility)
+M_LAST_BOOK = 7  # unused (kept for compatibility)
 N_META = 8
 
 # anomaly counters, same order as reference.COUNTER_NAMES
@@ -77,9 +99,15 @@ N_COUNTERS = 8
 
 # columns
 O_ID, O_SEG, O_PX, O_SZ, O_LVL, O_PREV, O_NEXT, O_TS = 0, 1, 2, 3, 4, 5, 6, 7
+N_OCOLS = 8
 L_PX, L_SZ, L_CT, L_HEAD, L_TAIL = 0, 1, 2, 3, 4
+N_LCOLS = 8
 S_START, S_LEN, S_CAP = 0, 1, 2
 SEG_INIT_CAP = 16
+
+# order-hash rows: (order_id, book << TAG_SHIFT | slot)
+TAG_SHIFT = 32
+SLOT_MASK = (1 << TAG_SHIFT) - 1
 
 UNDEF = np.int64(2**63 - 1)
 _MIX1 = np.uint64(0x9E3779B97F4A7C15)
@@ -89,77 +117,81 @@ _MIX2 = np.uint64(0xBF58476D1CE4E5B9)
 STATE_FIELDS = ("meta", "counters", "bk_hash", "bk_info", "seg", "pool", "lvl", "lvl_free",
                 "ords", "ord_free", "oh")
 
+_JIT = dict(cache=True, nogil=True, error_model="numpy", _nrt=False)
+
 
 # --------------------------------------------------------------------------- hashing
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(inline="always", **_JIT)
 def _ohash(oid, b, mask):
     h = (np.uint64(oid) ^ (np.uint64(b) * _MIX1)) * _MIX2
     h = h ^ (h >> np.uint64(29))
     return np.int64(h & np.uint64(mask))
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def order_find(oh, ords, oid, b):
     """Order slot of ``(order_id, book)`` (order id as int64 bits) or -1."""
     mask = oh.shape[0] - 1
     i = _ohash(oid, b, mask)
     while True:
-        slot = oh[i, 1]
-        if slot < 0:
+        t = oh[i, 1]
+        if t < 0:
             return np.int64(-1)
-        if oh[i, 0] == oid and (ords[slot, O_SEG] >> 1) == b:
-            return slot
+        if oh[i, 0] == oid and (t >> TAG_SHIFT) == b:
+            return t & SLOT_MASK
         i = (i + 1) & mask
 
 
-@njit(cache=True, nogil=True)
+@njit(inline="always", **_JIT)
 def _oh_put(oh, oid, b, slot):
     mask = oh.shape[0] - 1
     i = _ohash(oid, b, mask)
     while oh[i, 1] >= 0:
         i = (i + 1) & mask
     oh[i, 0] = oid
-    oh[i, 1] = slot
+    oh[i, 1] = (b << TAG_SHIFT) | slot
 
 
-@njit(cache=True, nogil=True)
-def _oh_del(oh, ords, slot):
-    """Remove the entry of order ``slot`` (backward-shift deletion)."""
-    mask = oh.shape[0] - 1
-    i = _ohash(ords[slot, O_ID], ords[slot, O_SEG] >> 1, mask)
-    while oh[i, 1] != slot:
-        i = (i + 1) & mask
+@njit(inline="always", **_JIT)
+def _oh_del_at(oh, i, mask):
+    """Empty row ``i`` of the order hash (backward-shift deletion)."""
     j = i
     while True:
         j = (j + 1) & mask
-        sj = oh[j, 1]
-        if sj < 0:
+        t = oh[j, 1]
+        if t < 0:
             break
-        k = _ohash(oh[j, 0], ords[sj, O_SEG] >> 1, mask)
-        if i <= j:
-            stay = i < k <= j
-        else:
-            stay = k > i or k <= j
-        if stay:
-            continue
-        oh[i, 0] = oh[j, 0]
-        oh[i, 1] = sj
-        i = j
+        k = _ohash(oh[j, 0], t >> TAG_SHIFT, mask)
+        if ((j - k) & mask) >= ((j - i) & mask):
+            oh[i, 0] = oh[j, 0]
+            oh[i, 1] = t
+            i = j
     oh[i, 1] = -1
 
 
-@njit(cache=True, nogil=True)
+@njit(inline="always", **_JIT)
+def _oh_del(oh, ords, slot):
+    """Remove the entry of order ``slot``."""
+    mask = oh.shape[0] - 1
+    oid = ords[slot, O_ID]
+    i = _ohash(oid, ords[slot, O_SEG] >> 1, mask)
+    while (oh[i, 1] & SLOT_MASK) != slot or oh[i, 0] != oid:
+        i = (i + 1) & mask
+    _oh_del_at(oh, i, mask)
+
+
+@njit(**_JIT)
 def rehash_orders(old, new, ords):
     """Move every entry of order hash ``old`` into the (larger, empty) table ``new``."""
     for i in range(old.shape[0]):
-        slot = old[i, 1]
-        if slot >= 0:
-            _oh_put(new, old[i, 0], ords[slot, O_SEG] >> 1, slot)
+        t = old[i, 1]
+        if t >= 0:
+            _oh_put(new, old[i, 0], t >> TAG_SHIFT, t & SLOT_MASK)
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def book_find(bk_hash, key):
     """Book index of ``key = (instrument_id << 16 | publisher_id) + 1`` or -1."""
     mask = bk_hash.shape[0] - 1
@@ -173,7 +205,7 @@ def book_find(bk_hash, key):
         i = (i + 1) & mask
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def book_put(bk_hash, key, b):
     mask = bk_hash.shape[0] - 1
     i = _ohash(key, 0, mask)
@@ -186,63 +218,12 @@ def book_put(bk_hash, key, b):
 # --------------------------------------------------------------------------- levels
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(inline="always", **_JIT)
 def _side_key(is_ask, price):
     return ~price if is_ask else price
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _seg_search(pool, start, n, key):
-    """First position p in [0, n] with pool[start+p, 0] >= key (keys ascending).
-
-    Probes the last rows first: most activity is at or near the touch.
-    """
-    p = n - 1
-    stop = max(n - 4, 0)
-    while p >= stop:
-        kp = pool[start + p, 0]
-        if kp < key:
-            return p + 1
-        if kp == key:
-            return p
-        p -= 1
-    lo = 0
-    hi = p + 1
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if pool[start + mid, 0] < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@njit(cache=True, nogil=True)
-def _level_get(meta, seg, pool, lvl, lvl_free, s, price):
-    """Level row for ``price`` in segment ``s``, created empty if absent (room checked)."""
-    key = _side_key(s & 1, price)
-    start = seg[s, S_START]
-    n = seg[s, S_LEN]
-    p = _seg_search(pool, start, n, key)
-    if p < n and pool[start + p, 0] == key:
-        return pool[start + p, 1]
-    meta[M_LVL_FREE] -= 1
-    lv = lvl_free[meta[M_LVL_FREE]]
-    lvl[lv, L_PX] = price
-    lvl[lv, L_SZ] = 0
-    lvl[lv, L_CT] = 0
-    lvl[lv, L_HEAD] = -1
-    lvl[lv, L_TAIL] = -1
-    for q in range(start + n, start + p, -1):
-        pool[q, 0] = pool[q - 1, 0]
-        pool[q, 1] = pool[q - 1, 1]
-    pool[start + p, 0] = key
-    pool[start + p, 1] = lv
-    seg[s, S_LEN] = n + 1
-    return lv
-
-
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _clear_segment(meta, seg, pool, lvl, lvl_free, ords, ord_free, oh, s):
     """Remove every level and order of segment ``s``."""
     start = seg[s, S_START]
@@ -261,10 +242,181 @@ def _clear_segment(meta, seg, pool, lvl, lvl_free, ords, ord_free, oh, s):
     seg[s, S_LEN] = 0
 
 
+# --------------------------------------------------------------------------- hot-path helpers
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Hint the CPU to load element ``idx`` of 1-D ``arr`` into cache (never faults)."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        i32 = ir.IntType(32)
+        vp = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [vp, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, vp), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# The helpers below work on flat (1-D) views of the state with unsigned indices. Rows:
+# pool 2, seg 3, lvl and ords 8, oh 2 int64.
+
+
+@njit(inline="always", **_JIT)
+def _pos(P, st, n, key):
+    """First position p in [0, n] of segment rows ``st..st+n-1`` (flat pool ``P``) whose
+    key is >= ``key``: the top rows (the touch) first, then a binary search."""
+    p = n - 1
+    stop = max(n - 4, 0)
+    while p >= stop:
+        kp = P[np.uint64(2 * (st + p))]
+        if kp < key:
+            return p + 1
+        if kp == key:
+            return p
+        p -= 1
+    lo = 0
+    hi = p + 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if P[np.uint64(2 * (st + mid))] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(inline="always", **_JIT)
+def _level_at_f(SG, P, LV, lvl_free, nlfree, s, price):
+    """Level row of ``price`` in segment ``s``, created empty if absent (room checked).
+    Returns ``(level, free levels left)``."""
+    kk = _side_key(s & 1, price)
+    st = SG[np.uint64(3 * s + S_START)]
+    n = SG[np.uint64(3 * s + S_LEN)]
+    p = _pos(P, st, n, kk)
+    if p < n and P[np.uint64(2 * (st + p))] == kk:
+        return P[np.uint64(2 * (st + p) + 1)], nlfree
+    nlfree -= 1
+    lv = lvl_free[np.uint64(nlfree)]
+    lb = lv * N_LCOLS
+    LV[np.uint64(lb + L_PX)] = price
+    LV[np.uint64(lb + L_SZ)] = 0
+    LV[np.uint64(lb + L_CT)] = 0
+    LV[np.uint64(lb + L_HEAD)] = -1
+    LV[np.uint64(lb + L_TAIL)] = -1
+    for q in range(2 * (st + n) - 1, 2 * (st + p) - 1, -1):
+        P[np.uint64(q + 2)] = P[np.uint64(q)]
+    P[np.uint64(2 * (st + p))] = kk
+    P[np.uint64(2 * (st + p) + 1)] = lv
+    SG[np.uint64(3 * s + S_LEN)] = n + 1
+    return lv, nlfree
+
+
+@njit(inline="always", **_JIT)
+def _unlink_f(SG, P, LV, lvl_free, OR, nlfree, o):
+    """Take order ``o`` out of its level (size, count, FIFO links); drop the level from its
+    segment when nothing is left. Returns the free levels left."""
+    ob = o * N_OCOLS
+    lv = OR[np.uint64(ob + O_LVL)]
+    lb = lv * N_LCOLS
+    prv = OR[np.uint64(ob + O_PREV)]
+    nxt = OR[np.uint64(ob + O_NEXT)]
+    if prv >= 0:
+        OR[np.uint64(prv * N_OCOLS + O_NEXT)] = nxt
+    else:
+        LV[np.uint64(lb + L_HEAD)] = nxt
+    if nxt >= 0:
+        OR[np.uint64(nxt * N_OCOLS + O_PREV)] = prv
+    else:
+        LV[np.uint64(lb + L_TAIL)] = prv
+    lsz = LV[np.uint64(lb + L_SZ)] - OR[np.uint64(ob + O_SZ)]
+    lct = LV[np.uint64(lb + L_CT)] - 1
+    LV[np.uint64(lb + L_SZ)] = lsz
+    LV[np.uint64(lb + L_CT)] = lct
+    if lct == 0 and lsz == 0:
+        s = OR[np.uint64(ob + O_SEG)]
+        st = SG[np.uint64(3 * s + S_START)]
+        n = SG[np.uint64(3 * s + S_LEN)]
+        p = _pos(P, st, n, _side_key(s & 1, LV[np.uint64(lb + L_PX)]))
+        for q in range(2 * (st + p), 2 * (st + n - 1)):
+            P[np.uint64(q)] = P[np.uint64(q + 2)]
+        SG[np.uint64(3 * s + S_LEN)] = n - 1
+        lvl_free[np.uint64(nlfree)] = lv
+        nlfree += 1
+    return nlfree
+
+
+@njit(inline="always", **_JIT)
+def _append_f(LV, OR, lv, o, sz):
+    """Put order ``o`` (size ``sz``) at the back of level ``lv``'s FIFO."""
+    lb = lv * N_LCOLS
+    ob = o * N_OCOLS
+    tail = LV[np.uint64(lb + L_TAIL)]
+    OR[np.uint64(ob + O_LVL)] = lv
+    OR[np.uint64(ob + O_PREV)] = tail
+    OR[np.uint64(ob + O_NEXT)] = -1
+    if tail >= 0:
+        OR[np.uint64(tail * N_OCOLS + O_NEXT)] = o
+    else:
+        LV[np.uint64(lb + L_HEAD)] = o
+    LV[np.uint64(lb + L_TAIL)] = o
+    LV[np.uint64(lb + L_SZ)] += sz
+    LV[np.uint64(lb + L_CT)] += 1
+
+
+@njit(inline="always", **_JIT)
+def _oh_del_f(OH, i, mask):
+    """Empty row ``i`` of the (flat) order hash, backward-shift deletion."""
+    j = i
+    while True:
+        j = (j + 1) & mask
+        t = OH[np.uint64(2 * j + 1)]
+        if t < 0:
+            break
+        k = _ohash(OH[np.uint64(2 * j)], t >> TAG_SHIFT, mask)
+        if ((j - k) & mask) >= ((j - i) & mask):
+            OH[np.uint64(2 * i)] = OH[np.uint64(2 * j)]
+            OH[np.uint64(2 * i + 1)] = t
+            i = j
+    OH[np.uint64(2 * i + 1)] = -1
+
+
+@njit(inline="always", **_JIT)
+def _peek(recs, j, BH, bkmask, OH, ohmask):
+    """Book of record ``j`` (-1: none yet) and the home row of its order in the order
+    hash, which is prefetched."""
+    r = recs[np.uint64(j)]
+    key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
+    hb = _ohash(key, 0, bkmask)
+    while True:
+        kb = BH[np.uint64(2 * hb)]
+        if kb == key:
+            b = BH[np.uint64(2 * hb + 1)]
+            break
+        if kb == 0:
+            b = np.int64(-1)
+            break
+        hb = (hb + 1) & bkmask
+    h = _ohash(np.int64(r.order_id), b, ohmask)
+    _prefetch(OH, np.uint64(2 * h))
+    return b, h
+
+
+@njit(**_JIT)
+def _peek_call(recs, j, BH, bkmask, OH, ohmask):
+    """:func:`_peek` as a call (not inlined), for the few look-ups before the loop."""
+    return _peek(recs, j, BH, bkmask, OH, ohmask)
+
+
 # --------------------------------------------------------------------------- outputs
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def write_levels(seg, pool, lvl, b, nlev, row, out_bpx, out_bsz, out_bct, out_apx, out_asz,
                  out_act):
     """Write the top ``nlev`` levels of book ``b`` (-1: no such book) into row ``row``.
@@ -312,7 +464,7 @@ def write_levels(seg, pool, lvl, b, nlev, row, out_bpx, out_bsz, out_bct, out_ap
 # --------------------------------------------------------------------------- the kernel
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _book_create(meta, bk_hash, bk_info, seg, key):
     b = meta[M_NBOOKS]
     meta[M_NBOOKS] = b + 1
@@ -328,7 +480,14 @@ def _book_create(meta, bk_hash, bk_info, seg, key):
     return b
 
 
-@njit(cache=True, nogil=True)
+# what a record does to an order once decided
+_OP_NONE = 0
+_OP_REMOVE = 1  # remove order o
+_OP_ADD = 2  # add a new order
+_OP_MOVE = 3  # order o goes to the back of (s, price) with size sz and time ts
+
+
+@njit(**_JIT)
 def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, ords, ord_free,
                   oh, recs, start, stop, nlev, out_idx, out_bpx, out_bsz, out_bct, out_apx,
                   out_asz, out_act, out_cross, n_out, trade_idx, n_trades, base_index):
@@ -341,28 +500,71 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
 
     Returns ``(next_record, status, n_out, n_trades)``: status ``OK`` when every record
     was applied; otherwise what must grow before calling again from ``next_record``.
-
-    The hot paths (find, remove, add, output) are written out in this one function on
-    purpose: a Numba call that passes arrays costs an atomic reference-count update per
-    array, which made helper-based code ~10x slower. Rare paths (clear, top-of-book,
-    new book) call helpers.
     """
+    # flat views (the row widths are the layout's constants)
+    BH = bk_hash.reshape(bk_hash.size)
+    SG = seg.reshape(seg.size)
+    P = pool.reshape(pool.size)
+    LV = lvl.reshape(lvl.size)
+    OR = ords.reshape(ords.size)
+    OH = oh.reshape(oh.size)
+    OBP = out_bpx.reshape(out_bpx.size)
+    OBS = out_bsz.reshape(out_bsz.size)
+    OBC = out_bct.reshape(out_bct.size)
+    OAP = out_apx.reshape(out_apx.size)
+    OAS = out_asz.reshape(out_asz.size)
+    OAC = out_act.reshape(out_act.size)
     ohmask = oh.shape[0] - 1
     hash_limit = oh.shape[0] >> 1
+    bkmask = bk_hash.shape[0] - 1
     want_trades = trade_idx.shape[0] > 0
-    last_key = meta[M_LAST_KEY]
-    b = meta[M_LAST_BOOK]
+    nofree = meta[M_ORD_FREE]
+    nlfree = meta[M_LVL_FREE]
+    live = meta[M_LIVE]
+    status = OK
+    next_rec = stop
+    # look-ahead pipeline: book and order-hash home row of records i+1..i+4, found (and
+    # the hash row prefetched) four records ahead
+    last = max(stop - 1, 0)
+    b1, h1 = np.int64(-1), np.int64(0)
+    b2, h2 = np.int64(-1), np.int64(0)
+    b3, h3 = np.int64(-1), np.int64(0)
+    b4, h4 = np.int64(-1), np.int64(0)
+    if stop > start:
+        b1, h1 = _peek_call(recs, start, BH, bkmask, OH, ohmask)
+        b2, h2 = _peek_call(recs, min(start + 1, last), BH, bkmask, OH, ohmask)
+        b3, h3 = _peek_call(recs, min(start + 2, last), BH, bkmask, OH, ohmask)
+        b4, h4 = _peek_call(recs, min(start + 3, last), BH, bkmask, OH, ohmask)
     for i in range(start, stop):
-        r = recs[i]
+        r = recs[np.uint64(i)]
         act = r.action
         flags = r.flags
         key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
-        if key != last_key:
-            b = book_find(bk_hash, key)
-            last_key = key
+        b = b1
+        hhome = h1
+        b1, h1 = b2, h2
+        b2, h2 = b3, h3
+        b3, h3 = b4, h4
+        b4, h4 = _peek(recs, min(i + 4, last), BH, bkmask, OH, ohmask)
+        # the order row of record i+1 (if its home hash row holds it) into cache
+        t1 = OH[np.uint64(2 * h1 + 1)]
+        _prefetch(OR, np.uint64((t1 & SLOT_MASK) * N_OCOLS if t1 >= 0 else 0))
+        if b < 0:
+            # ---- the record's book (-1: not created yet)
+            hb = _ohash(key, 0, bkmask)
+            while True:
+                kb = BH[np.uint64(2 * hb)]
+                if kb == key:
+                    b = BH[np.uint64(2 * hb + 1)]
+                    break
+                if kb == 0:
+                    b = np.int64(-1)
+                    break
+                hb = (hb + 1) & bkmask
+            hhome = _ohash(np.int64(r.order_id), b, ohmask)
         if act == ACTION_TRADE or act == ACTION_FILL or act == ACTION_NONE:
             if act == ACTION_TRADE and want_trades:
-                trade_idx[n_trades] = base_index + i
+                trade_idx[np.uint64(n_trades)] = base_index + i
                 n_trades += 1
         elif act == ACTION_ADD or act == ACTION_CANCEL or act == ACTION_MODIFY or \
                 act == ACTION_CLEAR:
@@ -370,241 +572,283 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
             has_side = side == SIDE_BID or side == SIDE_ASK
             if b < 0:
                 if meta[M_NBOOKS] >= bk_info.shape[0]:
-                    meta[M_LAST_KEY] = -1
-                    return i, NEED_BOOKS, n_out, n_trades
+                    status = NEED_BOOKS
+                    next_rec = i
+                    break
                 if meta[M_SEG_USED] + 2 * SEG_INIT_CAP > pool.shape[0]:
-                    meta[M_LAST_KEY] = -1
                     meta[M_SEG_FULL] = -1
-                    return i, NEED_SEGMENT, n_out, n_trades
+                    status = NEED_SEGMENT
+                    next_rec = i
+                    break
                 b = _book_create(meta, bk_hash, bk_info, seg, key)
+                hhome = _ohash(np.int64(r.order_id), b, ohmask)
             s = 2 * b + (1 if side == SIDE_ASK else 0)
             if (act == ACTION_ADD or act == ACTION_MODIFY) and has_side:
                 # room for one more order and level, checked before any change
-                if meta[M_ORD_FREE] < 1 or meta[M_LIVE] + 1 > hash_limit:
-                    meta[M_LAST_KEY] = -1
-                    return i, NEED_ORDERS, n_out, n_trades
-                if meta[M_LVL_FREE] < 1:
-                    meta[M_LAST_KEY] = -1
-                    return i, NEED_LEVELS, n_out, n_trades
-                if seg[s, S_LEN] >= seg[s, S_CAP]:
-                    meta[M_LAST_KEY] = -1
+                if nofree < 1 or live + 1 > hash_limit:
+                    status = NEED_ORDERS
+                    next_rec = i
+                    break
+                if nlfree < 1:
+                    status = NEED_LEVELS
+                    next_rec = i
+                    break
+                if SG[np.uint64(3 * s + S_LEN)] >= SG[np.uint64(3 * s + S_CAP)]:
                     meta[M_SEG_FULL] = s
-                    return i, NEED_SEGMENT, n_out, n_trades
+                    status = NEED_SEGMENT
+                    next_rec = i
+                    break
             price = r.price
             sz = np.int64(r.size)
             oid = np.int64(r.order_id)
             is_tob = act == ACTION_ADD and (flags & F_TOB) != 0
-            # ---- find the order when the action needs it
+            # ---- find the order when the action needs it; hp: its hash row, or the
+            # empty row where it would go
             o = np.int64(-1)
+            hp = np.int64(-1)
             if act == ACTION_CANCEL or (has_side and not is_tob and price != UNDEF and
                                         (act == ACTION_MODIFY or sz > 0)):
-                h = _ohash(oid, b, ohmask)
+                hp = hhome
                 while True:
-                    sl = oh[h, 1]
-                    if sl < 0:
+                    t = OH[np.uint64(2 * hp + 1)]
+                    if t < 0:
                         break
-                    if oh[h, 0] == oid and (ords[sl, O_SEG] >> 1) == b:
-                        o = sl
+                    if OH[np.uint64(2 * hp)] == oid and (t >> TAG_SHIFT) == b:
+                        o = t & SLOT_MASK
                         break
-                    h = (h + 1) & ohmask
-            # ---- decide: remove order rm, then add (s, oid, price, sz, ts) if add
-            rm = np.int64(-1)
-            add = False
-            ts = np.int64(r.ts_recv)
-            if act == ACTION_CLEAR:
-                _clear_segment(meta, seg, pool, lvl, lvl_free, ords, ord_free, oh, 2 * b)
-                _clear_segment(meta, seg, pool, lvl, lvl_free, ords, ord_free, oh, 2 * b + 1)
-            elif act == ACTION_CANCEL:
+                    hp = (hp + 1) & ohmask
+            ob = o * N_OCOLS
+            # ---- decide
+            op = _OP_NONE
+            ts = np.int64(0)
+            if act == ACTION_CANCEL:
                 if o < 0:
                     counters[C_UNKNOWN_CANCEL] += 1
                 else:
-                    cur = ords[o, O_SZ]
+                    cur = OR[np.uint64(ob + O_SZ)]
                     if sz >= cur:
                         if sz > cur:
                             counters[C_OVER_CANCEL] += 1
-                        rm = o
+                        op = _OP_REMOVE
                     else:
-                        ords[o, O_SZ] = cur - sz
-                        lvl[ords[o, O_LVL], L_SZ] -= sz
+                        OR[np.uint64(ob + O_SZ)] = cur - sz
+                        LV[np.uint64(OR[np.uint64(ob + O_LVL)] * N_LCOLS + L_SZ)] -= sz
+            elif act == ACTION_CLEAR:
+                meta[M_ORD_FREE] = nofree
+                meta[M_LVL_FREE] = nlfree
+                meta[M_LIVE] = live
+                _clear_segment(meta, seg, pool, lvl, lvl_free, ords, ord_free, oh, 2 * b)
+                _clear_segment(meta, seg, pool, lvl, lvl_free, ords, ord_free, oh, 2 * b + 1)
+                nofree = meta[M_ORD_FREE]
+                nlfree = meta[M_LVL_FREE]
+                live = meta[M_LIVE]
             elif not has_side:
                 counters[C_SIDE_NONE] += 1
             elif is_tob:
-                _clear_segment(meta, seg, pool, lvl, lvl_free, ords, ord_free, oh, s)
+                # replace the side by one order-less level
+                st = SG[np.uint64(3 * s + S_START)]
+                n = SG[np.uint64(3 * s + S_LEN)]
+                orders = False
+                for p in range(n):
+                    if LV[np.uint64(P[np.uint64(2 * (st + p) + 1)] * N_LCOLS + L_HEAD)] >= 0:
+                        orders = True
+                if orders:
+                    meta[M_ORD_FREE] = nofree
+                    meta[M_LVL_FREE] = nlfree
+                    meta[M_LIVE] = live
+                    _clear_segment(meta, seg, pool, lvl, lvl_free, ords, ord_free, oh, s)
+                    nofree = meta[M_ORD_FREE]
+                    nlfree = meta[M_LVL_FREE]
+                    live = meta[M_LIVE]
+                    n = 0
                 if price != UNDEF and sz > 0:
-                    lv = _level_get(meta, seg, pool, lvl, lvl_free, s, price)
-                    lvl[lv, L_SZ] = sz
+                    if n == 1:
+                        lv = P[np.uint64(2 * st + 1)]
+                    else:
+                        for p in range(n):
+                            lvl_free[np.uint64(nlfree)] = P[np.uint64(2 * (st + p) + 1)]
+                            nlfree += 1
+                        nlfree -= 1
+                        lv = lvl_free[np.uint64(nlfree)]
+                        LV[np.uint64(lv * N_LCOLS + L_CT)] = 0
+                        LV[np.uint64(lv * N_LCOLS + L_HEAD)] = -1
+                        LV[np.uint64(lv * N_LCOLS + L_TAIL)] = -1
+                    LV[np.uint64(lv * N_LCOLS + L_PX)] = price
+                    LV[np.uint64(lv * N_LCOLS + L_SZ)] = sz
+                    P[np.uint64(2 * st)] = _side_key(s & 1, price)
+                    P[np.uint64(2 * st + 1)] = lv
+                    SG[np.uint64(3 * s + S_LEN)] = 1
+                else:
+                    for p in range(n):
+                        lvl_free[np.uint64(nlfree)] = P[np.uint64(2 * (st + p) + 1)]
+                        nlfree += 1
+                    SG[np.uint64(3 * s + S_LEN)] = 0
             elif price == UNDEF:
                 counters[C_UNDEF_PRICE] += 1
             elif act == ACTION_ADD:
                 if sz == 0:
                     counters[C_ZERO_SIZE] += 1
+                elif o >= 0:
+                    counters[C_DUPLICATE_ADD] += 1
+                    op = _OP_MOVE
+                    ts = np.int64(r.ts_recv)
                 else:
-                    if o >= 0:
-                        counters[C_DUPLICATE_ADD] += 1
-                        rm = o
-                    add = True
+                    op = _OP_ADD
+                    ts = np.int64(r.ts_recv)
             else:  # modify
                 if o < 0:
                     counters[C_UNKNOWN_MODIFY] += 1
-                    add = sz > 0
+                    if sz > 0:
+                        op = _OP_ADD
+                        ts = np.int64(r.ts_recv)
                 elif sz == 0:
-                    rm = o
-                elif ords[o, O_PX] != price or ords[o, O_SEG] != s or sz > ords[o, O_SZ]:
+                    op = _OP_REMOVE
+                elif OR[np.uint64(ob + O_PX)] != price or OR[np.uint64(ob + O_SEG)] != s or \
+                        sz > OR[np.uint64(ob + O_SZ)]:
                     # price or side change, or size increase: back of the queue
-                    ts = ords[o, O_TS]
-                    rm = o
-                    add = True
+                    op = _OP_MOVE
+                    ts = OR[np.uint64(ob + O_TS)]
                 else:
-                    lvl[ords[o, O_LVL], L_SZ] += sz - ords[o, O_SZ]
-                    ords[o, O_SZ] = sz
-            # ---- remove order rm
-            if rm >= 0:
-                lv = ords[rm, O_LVL]
-                prv = ords[rm, O_PREV]
-                nxt = ords[rm, O_NEXT]
-                if prv >= 0:
-                    ords[prv, O_NEXT] = nxt
-                else:
-                    lvl[lv, L_HEAD] = nxt
+                    lb = OR[np.uint64(ob + O_LVL)] * N_LCOLS
+                    LV[np.uint64(lb + L_SZ)] += sz - OR[np.uint64(ob + O_SZ)]
+                    OR[np.uint64(ob + O_SZ)] = sz
+            # ---- carry it out
+            if op == _OP_MOVE and OR[np.uint64(ob + O_PX)] == price and \
+                    OR[np.uint64(ob + O_SEG)] == s:
+                # same level: to the back of its queue with the new size
+                lv = OR[np.uint64(ob + O_LVL)]
+                lb = lv * N_LCOLS
+                LV[np.uint64(lb + L_SZ)] += sz - OR[np.uint64(ob + O_SZ)]
+                nxt = OR[np.uint64(ob + O_NEXT)]
                 if nxt >= 0:
-                    ords[nxt, O_PREV] = prv
-                else:
-                    lvl[lv, L_TAIL] = prv
-                lvl[lv, L_SZ] -= ords[rm, O_SZ]
-                lvl[lv, L_CT] -= 1
-                if lvl[lv, L_CT] == 0 and lvl[lv, L_SZ] == 0:
-                    # last order gone: drop the level from its segment
-                    srm = ords[rm, O_SEG]
-                    st = seg[srm, S_START]
-                    n = seg[srm, S_LEN]
-                    p = _seg_search(pool, st, n, _side_key(srm & 1, lvl[lv, L_PX]))
-                    for q in range(st + p, st + n - 1):
-                        pool[q, 0] = pool[q + 1, 0]
-                        pool[q, 1] = pool[q + 1, 1]
-                    seg[srm, S_LEN] = n - 1
-                    lvl_free[meta[M_LVL_FREE]] = lv
-                    meta[M_LVL_FREE] += 1
-                # hash delete with backward shift
-                h = _ohash(ords[rm, O_ID], ords[rm, O_SEG] >> 1, ohmask)
-                while oh[h, 1] != rm:
-                    h = (h + 1) & ohmask
-                j = h
-                while True:
-                    j = (j + 1) & ohmask
-                    sj = oh[j, 1]
-                    if sj < 0:
-                        break
-                    k = _ohash(oh[j, 0], ords[sj, O_SEG] >> 1, ohmask)
-                    if h <= j:
-                        stay = h < k <= j
+                    prv = OR[np.uint64(ob + O_PREV)]
+                    if prv >= 0:
+                        OR[np.uint64(prv * N_OCOLS + O_NEXT)] = nxt
                     else:
-                        stay = k > h or k <= j
-                    if not stay:
-                        oh[h, 0] = oh[j, 0]
-                        oh[h, 1] = sj
-                        h = j
-                oh[h, 1] = -1
-                meta[M_LIVE] -= 1
-                ord_free[meta[M_ORD_FREE]] = rm
-                meta[M_ORD_FREE] += 1
-            # ---- add order at the back of its level
-            if add:
-                kk = _side_key(s & 1, price)
-                st = seg[s, S_START]
-                n = seg[s, S_LEN]
-                p = _seg_search(pool, st, n, kk)
-                if p < n and pool[st + p, 0] == kk:
-                    lv = pool[st + p, 1]
+                        LV[np.uint64(lb + L_HEAD)] = nxt
+                    OR[np.uint64(nxt * N_OCOLS + O_PREV)] = prv
+                    tail = LV[np.uint64(lb + L_TAIL)]
+                    OR[np.uint64(tail * N_OCOLS + O_NEXT)] = o
+                    OR[np.uint64(ob + O_PREV)] = tail
+                    OR[np.uint64(ob + O_NEXT)] = -1
+                    LV[np.uint64(lb + L_TAIL)] = o
+                OR[np.uint64(ob + O_SZ)] = sz
+                OR[np.uint64(ob + O_TS)] = ts
+            elif op != _OP_NONE:
+                if op != _OP_ADD:
+                    # out of its level (remove, or move to another level)
+                    nlfree = _unlink_f(SG, P, LV, lvl_free, OR, nlfree, o)
+                if op == _OP_REMOVE:
+                    _oh_del_f(OH, hp, ohmask)
+                    live -= 1
+                    ord_free[np.uint64(nofree)] = o
+                    nofree += 1
                 else:
-                    meta[M_LVL_FREE] -= 1
-                    lv = lvl_free[meta[M_LVL_FREE]]
-                    lvl[lv, L_PX] = price
-                    lvl[lv, L_SZ] = 0
-                    lvl[lv, L_CT] = 0
-                    lvl[lv, L_HEAD] = -1
-                    lvl[lv, L_TAIL] = -1
-                    for q in range(st + n, st + p, -1):
-                        pool[q, 0] = pool[q - 1, 0]
-                        pool[q, 1] = pool[q - 1, 1]
-                    pool[st + p, 0] = kk
-                    pool[st + p, 1] = lv
-                    seg[s, S_LEN] = n + 1
-                meta[M_ORD_FREE] -= 1
-                o = ord_free[meta[M_ORD_FREE]]
-                tail = lvl[lv, L_TAIL]
-                ords[o, O_ID] = oid
-                ords[o, O_SEG] = s
-                ords[o, O_PX] = price
-                ords[o, O_SZ] = sz
-                ords[o, O_LVL] = lv
-                ords[o, O_PREV] = tail
-                ords[o, O_NEXT] = -1
-                ords[o, O_TS] = ts
-                if tail >= 0:
-                    ords[tail, O_NEXT] = o
-                else:
-                    lvl[lv, L_HEAD] = o
-                lvl[lv, L_TAIL] = o
-                lvl[lv, L_SZ] += sz
-                lvl[lv, L_CT] += 1
-                h = _ohash(oid, b, ohmask)
-                while oh[h, 1] >= 0:
-                    h = (h + 1) & ohmask
-                oh[h, 0] = oid
-                oh[h, 1] = o
-                meta[M_LIVE] += 1
+                    # into the back of its (new) level
+                    lv, nlfree = _level_at_f(SG, P, LV, lvl_free, nlfree, s, price)
+                    if op == _OP_ADD:
+                        nofree -= 1
+                        o = ord_free[np.uint64(nofree)]
+                        ob = o * N_OCOLS
+                        OR[np.uint64(ob + O_ID)] = oid
+                        OH[np.uint64(2 * hp)] = oid
+                        OH[np.uint64(2 * hp + 1)] = (b << TAG_SHIFT) | o
+                        live += 1
+                    OR[np.uint64(ob + O_SEG)] = s
+                    OR[np.uint64(ob + O_PX)] = price
+                    OR[np.uint64(ob + O_SZ)] = sz
+                    OR[np.uint64(ob + O_TS)] = ts
+                    _append_f(LV, OR, lv, o, sz)
         else:
             counters[C_BAD_ACTION] += 1
         if flags & F_LAST:
             # ---- publish the record's book: top nlev levels and cross state
-            out_idx[n_out] = base_index + i
+            out_idx[np.uint64(n_out)] = base_index + i
             nb = 0
             na = 0
             top_b = 0
             top_a = 0
             if b >= 0:
-                nb = seg[2 * b, S_LEN]
-                top_b = seg[2 * b, S_START] + nb - 1
-                na = seg[2 * b + 1, S_LEN]
-                top_a = seg[2 * b + 1, S_START] + na - 1
-            for k in range(nlev):
+                sb = 6 * b
+                nb = SG[np.uint64(sb + S_LEN)]
+                top_b = SG[np.uint64(sb + S_START)] + nb - 1
+                na = SG[np.uint64(sb + 3 + S_LEN)]
+                top_a = SG[np.uint64(sb + 3 + S_START)] + na - 1
+            row = n_out * nlev
+            bp = UNDEF
+            ap = UNDEF
+            if nb > 0:
+                lb = P[np.uint64(2 * top_b + 1)] * N_LCOLS
+                bp = LV[np.uint64(lb + L_PX)]
+                if nlev > 0:
+                    OBP[np.uint64(row)] = bp
+                    OBS[np.uint64(row)] = LV[np.uint64(lb + L_SZ)]
+                    OBC[np.uint64(row)] = LV[np.uint64(lb + L_CT)]
+            elif nlev > 0:
+                OBP[np.uint64(row)] = UNDEF
+                OBS[np.uint64(row)] = 0
+                OBC[np.uint64(row)] = 0
+            if na > 0:
+                lb = P[np.uint64(2 * top_a + 1)] * N_LCOLS
+                ap = LV[np.uint64(lb + L_PX)]
+                if nlev > 0:
+                    OAP[np.uint64(row)] = ap
+                    OAS[np.uint64(row)] = LV[np.uint64(lb + L_SZ)]
+                    OAC[np.uint64(row)] = LV[np.uint64(lb + L_CT)]
+            elif nlev > 0:
+                OAP[np.uint64(row)] = UNDEF
+                OAS[np.uint64(row)] = 0
+                OAC[np.uint64(row)] = 0
+            for k in range(1, nlev):
                 if k < nb:
-                    lv = pool[top_b - k, 1]
-                    out_bpx[n_out, k] = lvl[lv, L_PX]
-                    out_bsz[n_out, k] = lvl[lv, L_SZ]
-                    out_bct[n_out, k] = lvl[lv, L_CT]
+                    lb = P[np.uint64(2 * (top_b - k) + 1)] * N_LCOLS
+                    OBP[np.uint64(row + k)] = LV[np.uint64(lb + L_PX)]
+                    OBS[np.uint64(row + k)] = LV[np.uint64(lb + L_SZ)]
+                    OBC[np.uint64(row + k)] = LV[np.uint64(lb + L_CT)]
                 else:
-                    out_bpx[n_out, k] = UNDEF
-                    out_bsz[n_out, k] = 0
-                    out_bct[n_out, k] = 0
+                    OBP[np.uint64(row + k)] = UNDEF
+                    OBS[np.uint64(row + k)] = 0
+                    OBC[np.uint64(row + k)] = 0
                 if k < na:
-                    lv = pool[top_a - k, 1]
-                    out_apx[n_out, k] = lvl[lv, L_PX]
-                    out_asz[n_out, k] = lvl[lv, L_SZ]
-                    out_act[n_out, k] = lvl[lv, L_CT]
+                    lb = P[np.uint64(2 * (top_a - k) + 1)] * N_LCOLS
+                    OAP[np.uint64(row + k)] = LV[np.uint64(lb + L_PX)]
+                    OAS[np.uint64(row + k)] = LV[np.uint64(lb + L_SZ)]
+                    OAC[np.uint64(row + k)] = LV[np.uint64(lb + L_CT)]
                 else:
-                    out_apx[n_out, k] = UNDEF
-                    out_asz[n_out, k] = 0
-                    out_act[n_out, k] = 0
+                    OAP[np.uint64(row + k)] = UNDEF
+                    OAS[np.uint64(row + k)] = 0
+                    OAC[np.uint64(row + k)] = 0
             cross = 0
             if nb > 0 and na > 0:
-                bp = lvl[pool[top_b, 1], L_PX]
-                ap = lvl[pool[top_a, 1], L_PX]
                 if bp > ap:
                     cross = 2
                 elif bp == ap:
                     cross = 1
-            out_cross[n_out] = cross
+            out_cross[np.uint64(n_out)] = cross
             n_out += 1
-    meta[M_LAST_KEY] = last_key
-    meta[M_LAST_BOOK] = b
-    return stop, OK, n_out, n_trades
+    meta[M_ORD_FREE] = nofree
+    meta[M_LVL_FREE] = nlfree
+    meta[M_LIVE] = live
+    return next_rec, status, n_out, n_trades
+
+
+@njit(**_JIT)
+def count_outputs(recs):
+    """``(records with F_LAST, Trade records)`` of ``recs`` (``MBO_KERNEL_DTYPE``) in one
+    pass: the output sizes :func:`apply_records` needs."""
+    n_last = 0
+    n_trades = 0
+    for i in range(recs.shape[0]):
+        r = recs[np.uint64(i)]
+        n_last += np.int64((r.flags & F_LAST) != 0)
+        n_trades += np.int64(r.action == ACTION_TRADE)
+    return n_last, n_trades
 
 
 # --------------------------------------------------------------------------- queries
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def queue_ahead(lvl, ords, o):
     """Size (lots) ahead of order slot ``o`` in its FIFO level, incl. a top-of-book part."""
     lv = ords[o, O_LVL]
@@ -621,13 +865,14 @@ def queue_ahead(lvl, ords, o):
     return ahead
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def check_invariants(meta, seg, pool, lvl, ords, oh):
     """0 when the state is consistent, else the code of the first violation found.
 
     1 a level's size is not positive or below the sum of its orders; 2 a level's count is
     not its number of orders; 3 segment keys not strictly ascending; 4 an order has a bad
-    size, level or hash entry; 5 the live-order count disagrees with the levels.
+    size, level or hash entry; 5 the live-order count disagrees with the levels or the
+    order hash.
     """
     live = 0
     for s in range(2 * meta[M_NBOOKS]):
@@ -639,19 +884,30 @@ def check_invariants(meta, seg, pool, lvl, ords, oh):
             total = np.int64(0)
             cnt = 0
             o = lvl[lv, L_HEAD]
+            prv = np.int64(-1)
             while o >= 0:
-                if ords[o, O_SZ] <= 0 or ords[o, O_LVL] != lv or ords[o, O_SEG] != s:
+                if ords[o, O_SZ] <= 0 or ords[o, O_LVL] != lv or ords[o, O_SEG] != s or \
+                        ords[o, O_PREV] != prv:
                     return 4
                 if order_find(oh, ords, ords[o, O_ID], s >> 1) != o:
                     return 4
                 total += ords[o, O_SZ]
                 cnt += 1
+                prv = o
                 o = ords[o, O_NEXT]
+            if lvl[lv, L_TAIL] != prv:
+                return 4
             if cnt != lvl[lv, L_CT]:
                 return 2
             if lvl[lv, L_SZ] < total or lvl[lv, L_SZ] <= 0:
                 return 1
             live += cnt
     if live != meta[M_LIVE]:
+        return 5
+    used = 0
+    for i in range(oh.shape[0]):
+        if oh[i, 1] >= 0:
+            used += 1
+    if used != live:
         return 5
     return 0

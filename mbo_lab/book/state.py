@@ -19,8 +19,30 @@ def _pow2(n: int) -> int:
     return 1 << max(1, int(n - 1).bit_length())
 
 
+#: Initial order-hash rows are sized for at most this many live orders (it grows with the
+#: live count, independent of the order pool, so a small table stays in cache).
+OH_INIT_ORDERS = 1 << 10
+
+
+def _aligned(shape: tuple, fill: int = 0) -> np.ndarray:
+    """An int64 array of ``shape`` filled with ``fill``, its data 64-byte aligned (rows of
+    8 int64 then sit in one cache line each)."""
+    n = int(np.prod(shape))
+    buf = np.empty(8 * n + 64, np.uint8)
+    off = (-buf.ctypes.data) % 64
+    out = buf[off: off + 8 * n].view(np.int64).reshape(shape)
+    out.fill(fill)
+    return out
+
+
+def _aligned_copy(arr: np.ndarray) -> np.ndarray:
+    out = _aligned(arr.shape)
+    out[...] = arr
+    return out
+
+
 def _grown(arr: np.ndarray, rows: int, fill: int = 0) -> np.ndarray:
-    out = np.full((rows,) + arr.shape[1:], fill, arr.dtype)
+    out = _aligned((rows,) + arr.shape[1:], fill)
     out[: len(arr)] = arr
     return out
 
@@ -43,13 +65,13 @@ class BookState:
         a["bk_info"] = np.zeros((books, 2), np.int64)
         a["seg"] = np.zeros((2 * books, 3), np.int64)
         a["pool"] = np.zeros((segment_pool, 2), np.int64)
-        a["lvl"] = np.zeros((levels, 5), np.int64)
+        a["lvl"] = _aligned((levels, K.N_LCOLS))
         a["lvl_free"] = np.arange(levels - 1, -1, -1, dtype=np.int64)
         a["meta"][K.M_LVL_FREE] = levels
-        a["ords"] = np.zeros((orders, 8), np.int64)
+        a["ords"] = _aligned((orders, K.N_OCOLS))
         a["ord_free"] = np.arange(orders - 1, -1, -1, dtype=np.int64)
         a["meta"][K.M_ORD_FREE] = orders
-        oh = np.zeros((_pow2(orders * 2), 2), np.int64)
+        oh = _aligned((_pow2(2 * min(orders, OH_INIT_ORDERS)), 2))
         oh[:, 1] = -1
         a["oh"] = oh
         self.arrays = a
@@ -94,12 +116,12 @@ class BookState:
     def copy(self) -> BookState:
         """An independent deep copy (a checkpoint)."""
         new = BookState.__new__(BookState)
-        new.arrays = {k: v.copy() for k, v in self.arrays.items()}
+        new.arrays = {k: _aligned_copy(v) for k, v in self.arrays.items()}
         return new
 
     def restore(self, checkpoint: BookState) -> None:
         """Make this state equal to ``checkpoint`` (which stays untouched)."""
-        self.arrays = {k: v.copy() for k, v in checkpoint.arrays.items()}
+        self.arrays = {k: _aligned_copy(v) for k, v in checkpoint.arrays.items()}
 
     # ---- growth (called by the engine on a kernel status)
     def grow(self, status: int) -> None:
@@ -122,16 +144,16 @@ class BookState:
         if meta[K.M_ORD_FREE] < 1:
             free = int(meta[K.M_ORD_FREE])
             a["ords"] = _grown(a["ords"], 2 * n)
-            stack = np.zeros(2 * n, np.int64)
+            stack = _aligned((2 * n,))
             stack[:free] = a["ord_free"][:free]
             stack[free: free + n] = np.arange(2 * n - 1, n - 1, -1)
             a["ord_free"] = stack
             meta[K.M_ORD_FREE] = free + n
-        size = max(_pow2(2 * len(a["ords"])), len(a["oh"]))
-        if int(meta[K.M_LIVE]) + 1 > size // 2:
+        size = len(a["oh"])
+        while int(meta[K.M_LIVE]) + 1 > size // 2:
             size *= 2
         if size > len(a["oh"]):
-            new = np.zeros((size, 2), np.int64)
+            new = _aligned((size, 2))
             new[:, 1] = -1
             K.rehash_orders(a["oh"], new, a["ords"])
             a["oh"] = new
@@ -141,7 +163,7 @@ class BookState:
         n = len(a["lvl"])
         free = int(a["meta"][K.M_LVL_FREE])
         a["lvl"] = _grown(a["lvl"], 2 * n)
-        stack = np.zeros(2 * n, np.int64)
+        stack = _aligned((2 * n,))
         stack[:free] = a["lvl_free"][:free]
         stack[free: free + n] = np.arange(2 * n - 1, n - 1, -1)
         a["lvl_free"] = stack
@@ -152,7 +174,7 @@ class BookState:
         n = len(a["bk_info"])
         a["bk_info"] = _grown(a["bk_info"], 2 * n)
         a["seg"] = _grown(a["seg"], 4 * n)
-        new = np.zeros((_pow2(4 * n), 2), np.int64)
+        new = _aligned((_pow2(4 * n), 2))
         for key, b in a["bk_hash"][a["bk_hash"][:, 0] != 0]:
             K.book_put(new, key, b)
         a["bk_hash"] = new
@@ -176,7 +198,7 @@ class BookState:
             seg[s, K.S_CAP] = cap
         # compact every segment into a new pool with room to spare
         needed = int(seg[:nseg, K.S_CAP].sum()) + 2 * K.SEG_INIT_CAP
-        pool = np.zeros((max(2 * needed, len(a["pool"])), 2), np.int64)
+        pool = _aligned((max(2 * needed, len(a["pool"])), 2))
         pos = 0
         for q in range(nseg):
             start, length = int(seg[q, K.S_START]), int(seg[q, K.S_LEN])
