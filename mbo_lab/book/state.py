@@ -78,8 +78,15 @@ class BookState:
 
     # ---- access
     def as_tuple(self) -> tuple:
-        """The arrays in kernel order (``STATE_FIELDS``)."""
-        return tuple(self.arrays[name] for name in K.STATE_FIELDS)
+        """The arrays in kernel order (``STATE_FIELDS``).
+
+        The kernel indexes flat views with fixed row widths and no bounds checks, so the
+        layout is checked here (a state built by another version would corrupt memory)."""
+        a = self.arrays
+        if a["ords"].shape[1] != K.N_OCOLS or a["lvl"].shape[1] != K.N_LCOLS or \
+                a["seg"].shape[1] != 3 or a["pool"].shape[1] != 2 or a["oh"].shape[1] != 2:
+            raise ValueError("BookState arrays do not have the kernel's layout")
+        return tuple(a[name] for name in K.STATE_FIELDS)
 
     @property
     def n_books(self) -> int:
