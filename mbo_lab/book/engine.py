@@ -87,7 +87,7 @@ class NumbaEngine:
         recs = kernel_view(_check_records(records))
         base = self.records_applied if base_index is None else int(base_index)
         n_last = int(np.count_nonzero(recs["flags"] & F_LAST)) if len(recs) else 0
-        out = BookFrames.empty(n_last, self.levels)
+        out = BookFrames.uninitialized(n_last, self.levels)  # the kernel writes every cell
         if self.trades and len(recs):
             trade_idx = np.zeros(int(np.count_nonzero(recs["action"] == ord("T"))), np.int64)
         else:

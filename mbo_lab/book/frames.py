@@ -75,6 +75,21 @@ class BookFrames:
         )
 
     @classmethod
+    def uninitialized(cls, n: int, levels: int) -> BookFrames:
+        """Like :meth:`empty` without the fill, for writers that set every cell (the
+        kernel does): skips a pass over memory that is about to be overwritten."""
+        return cls(
+            index=np.empty(n, np.int64),
+            bid_px=np.empty((n, levels), np.int64),
+            bid_sz=np.empty((n, levels), np.int64),
+            bid_ct=np.empty((n, levels), np.int32),
+            ask_px=np.empty((n, levels), np.int64),
+            ask_sz=np.empty((n, levels), np.int64),
+            ask_ct=np.empty((n, levels), np.int32),
+            cross=np.empty(n, np.int8),
+        )
+
+    @classmethod
     def concat(cls, parts: list[BookFrames], levels: int) -> BookFrames:
         if not parts:
             return cls.empty(0, levels)
