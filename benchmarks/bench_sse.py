@@ -323,29 +323,6 @@ def _cpu_meter(pid: int):
     return delta
 
 
-def _cpu_meter(pid: int):
-    """CPU seconds used by the server and by this (client) process since the last call."""
-    def read() -> tuple[float, float]:
-        with open(f"/proc/{pid}/stat") as f:
-            st = f.read().rsplit(")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        me = os.times()
-        return ((int(st[11]) + int(st[12])) / tick,
-                me.user + me.system + me.children_user + me.children_system)
-
-    last = [read(), time.perf_counter()]
-
-    def delta() -> str:
-        (s0, c0), t0 = last
-        (s1, c1), t1 = read(), time.perf_counter()
-        last[:] = [(s1, c1), t1]
-        return (f"  CPU over {t1 - t0:.1f} s wall: server {s1 - s0:.2f} s, clients "
-                f"{c1 - c0:.2f} s (load average {os.getloadavg()[0]:.1f} on "
-                f"{os.cpu_count()} CPUs)")
-
-    return delta
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=100)
