@@ -387,21 +387,25 @@ def _oh_del_f(OH, i, mask):
 
 
 @njit(inline="always", **_JIT)
+def _book_probe(BH, key, bkmask):
+    """Book index of ``key`` in the flat book hash ``BH`` (-1: not created yet)."""
+    hb = _ohash(key, 0, bkmask)
+    while True:
+        kb = BH[np.uint64(2 * hb)]
+        if kb == key:
+            return BH[np.uint64(2 * hb + 1)]
+        if kb == 0:
+            return np.int64(-1)
+        hb = (hb + 1) & bkmask
+
+
+@njit(inline="always", **_JIT)
 def _peek(recs, j, BH, bkmask, OH, ohmask):
     """Book of record ``j`` (-1: none yet) and the home row of its order in the order
     hash, which is prefetched."""
     r = recs[np.uint64(j)]
     key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
-    hb = _ohash(key, 0, bkmask)
-    while True:
-        kb = BH[np.uint64(2 * hb)]
-        if kb == key:
-            b = BH[np.uint64(2 * hb + 1)]
-            break
-        if kb == 0:
-            b = np.int64(-1)
-            break
-        hb = (hb + 1) & bkmask
+    b = _book_probe(BH, key, bkmask)
     h = _ohash(np.int64(r.order_id), b, ohmask)
     _prefetch(OH, np.uint64(2 * h))
     return b, h
@@ -551,16 +555,7 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
         _prefetch(OR, np.uint64((t1 & SLOT_MASK) * N_OCOLS if t1 >= 0 else 0))
         if b < 0:
             # ---- the record's book (-1: not created yet)
-            hb = _ohash(key, 0, bkmask)
-            while True:
-                kb = BH[np.uint64(2 * hb)]
-                if kb == key:
-                    b = BH[np.uint64(2 * hb + 1)]
-                    break
-                if kb == 0:
-                    b = np.int64(-1)
-                    break
-                hb = (hb + 1) & bkmask
+            b = _book_probe(BH, key, bkmask)
             hhome = _ohash(np.int64(r.order_id), b, ohmask)
         if act == ACTION_TRADE or act == ACTION_FILL or act == ACTION_NONE:
             if act == ACTION_TRADE and want_trades:
