@@ -418,8 +418,9 @@ class Session:
             self._restore_to(snapped)
             if self.clock.speed == SPEED_MAX:
                 self.clock.market_ns = int(self._ts[self.position - 1])
-            self._publish()
-        elif self.clock.speed != SPEED_MAX and target >= n:
+            # the last state is always published, whatever the frame budget
+            self._publish(force=self.position >= n)
+        elif target >= n:  # records after the last F_LAST: finish the stream
             self._restore_to(n)
             self._publish(force=True)
         return self.position < n
