@@ -236,6 +236,11 @@ def test_bad_requests():
         F.request_key("GLBX.MDP3", [], START, END)
     assert F.request_key("GLBX.MDP3", "CLG5", START, END) != \
         F.request_key("GLBX.MDP3", "CLG5", START, "2025-01-02T15:00:01")
+    for bad in ("not a date", "", object(), True):
+        with pytest.raises(F.FetchError, match="start"):
+            F.request_key("GLBX.MDP3", "CLG5", bad, END)
+    with pytest.raises(F.FetchError, match="end 'tomorrow-ish'"):
+        F.fetch("GLBX.MDP3", "CLG5", START, "tomorrow-ish")
 
 
 # --------------------------------------------------------------------------- Live

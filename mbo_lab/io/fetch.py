@@ -74,12 +74,23 @@ def _no_key_error() -> MissingApiKeyError:
     )
 
 
-def _ts(value: Any) -> pd.Timestamp | None:
+def _ts(value: Any, name: str = "time") -> pd.Timestamp | None:
+    """A UTC timestamp from a date/time string, datetime or ns integer; FetchError if not."""
     if value is None:
         return None
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        return pd.Timestamp(value, unit="ns", tz="UTC")
-    t = pd.Timestamp(value)
+    if isinstance(value, bool):
+        raise FetchError(f"{name} must be a date, timestamp or ns integer, got {value!r}")
+    try:
+        if isinstance(value, int):
+            return pd.Timestamp(value, unit="ns", tz="UTC")
+        t = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise FetchError(
+            f"{name} {value!r} is not a date or time: pass e.g. '2025-09-24', "
+            "'2025-09-24T19:30', a pandas Timestamp or an ns integer (UTC)"
+        ) from exc
+    if t is pd.NaT:
+        raise FetchError(f"{name} {value!r} is not a date or time (NaT)")
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
@@ -93,7 +104,7 @@ def _symbols(symbols: str | Iterable[str | int]) -> list[str]:
 
 
 def _request(dataset: str, symbols, start, end, schema: str, stype_in: str) -> dict[str, Any]:
-    s, e = _ts(start), _ts(end)
+    s, e = _ts(start, "start"), _ts(end, "end")
     if s is None:
         raise FetchError("start is required (a date, timestamp or ns integer, UTC)")
     if e is not None and e <= s:
