@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from test_reference import CASES
 
 import mbo_lab
-from mbo_lab.book.engine import NumbaEngine, ReferenceEngine, make_engine
+from mbo_lab.book.engine import NumbaEngine, ReferenceEngine, book_key, make_engine
 from mbo_lab.book.frames import BookFrames
 from mbo_lab.book.state import BookState
 from mbo_lab.errors import EngineError
@@ -504,3 +504,135 @@ def test_empty_input_and_unknown_book_queries():
         top = eng.top(5, 5)
         assert top.bid_px.tolist() == [[UNDEF] * 3] and top.cross.tolist() == [0]
     assert NumbaEngine().check() == 0
+
+
+# --------------------------------------------------------------------------- level log
+
+
+def _ref_levels(book) -> dict[tuple[int, int], int]:
+    """All levels of a reference book as ``{(side 0/1, price): size}``."""
+    return {**{(0, p): s for p, s, _ in book.levels(SIDE_B)},
+            **{(1, p): s for p, s, _ in book.levels(SIDE_A)}}
+
+
+def check_level_log(records: np.ndarray, iid: int, pub: int, cuts=(), start: int = 0,
+                    every_record: bool = True, state: BookState | None = None) -> int:
+    """Replaying the kernel's level log of book ``(iid, pub)`` onto its levels at record
+    ``start`` (from :meth:`NumbaEngine.book_levels`) gives the reference book's levels
+    after every record of the book (``every_record``) or at the book's F_LAST records.
+    Returns the number of log rows checked."""
+    from mbo_lab.book.reference import Market, _iter_fields
+
+    ne = NumbaEngine(levels=2, state=state)
+    if start:
+        ne.apply(records[:start])
+    bpx, bsz, bct, apx, asz, act_ = ne.book_levels(iid, pub)
+    m = Market()
+    fields = list(_iter_fields(records))
+    for rec in fields[:start]:
+        m.apply(*rec)
+    ref = m.books.get((iid, pub))
+    if ref is None:
+        assert len(bpx) == len(apx) == 0
+    else:
+        assert [tuple(x) for x in zip(bpx.tolist(), bsz.tolist(), bct.tolist())] == \
+            ref.levels(SIDE_B)
+        assert [tuple(x) for x in zip(apx.tolist(), asz.tolist(), act_.tolist())] == \
+            ref.levels(SIDE_A)
+    levels = {**{(0, p): s for p, s in zip(bpx.tolist(), bsz.tolist())},
+              **{(1, p): s for p, s in zip(apx.tolist(), asz.tolist())}}
+    bounds = [start, *sorted(set(int(c) for c in cuts if start < c < len(records))),
+              len(records)]
+    logs = []
+    for a, b in zip(bounds, bounds[1:]):
+        f = ne.apply(records[a:b], base_index=a, log_key=book_key(iid, pub))
+        assert f.level_log.dtype == np.int64 and f.level_log.shape[1] == 4
+        if len(f.level_log):
+            assert a <= f.level_log[:, 0].min() and f.level_log[:, 0].max() < b
+        logs.append(f.level_log)
+    log = np.concatenate(logs) if logs else np.zeros((0, 4), np.int64)
+    assert (np.diff(log[:, 0]) >= 0).all(), "rows in record order"
+    assert np.isin(log[:, 1], [0, 1]).all() and (log[:, 3] >= 0).all()
+    rows = log.tolist()
+    j = 0
+    for i in range(start, len(records)):
+        rec = fields[i]
+        m.apply(*rec)
+        while j < len(rows) and rows[j][0] == i:
+            _, side, px, sz = rows[j]
+            if sz:
+                levels[(side, px)] = sz
+            else:
+                assert levels.pop((side, px), None) is not None, f"record {i}: removed " \
+                    "a level that did not exist"
+            j += 1
+        if (rec[0], rec[1]) != (iid, pub):
+            continue
+        if every_record or rec[7] & F_LAST:
+            assert levels == _ref_levels(m.book(iid, pub)), f"record {i}"
+    assert j == len(rows)
+    return len(rows)
+
+
+SIDE_B, SIDE_A = ord("B"), ord("A")
+
+
+def test_level_log_clx5(clx5):
+    recs = clx5.records
+    books = sorted(books_of(recs), key=lambda k: -int(np.count_nonzero(
+        (recs["instrument_id"] == k[0]) & (recs["publisher_id"] == k[1]))))
+    n = check_level_log(recs, *books[0], every_record=False)
+    assert n > 1000
+    check_level_log(recs, *books[0], cuts=random_cuts(len(recs), 20, 1), start=5_000,
+                    every_record=False)
+    if len(books) > 1:
+        check_level_log(recs, *books[1], every_record=False)
+
+
+def test_level_log_synth_clears_and_tob(synth, monkeypatch):
+    import mbo_lab.book.engine as E
+
+    monkeypatch.setattr(E, "LOG_INIT_ROWS", 1)  # the log grows at once, also mid-clear
+    recs = synth[:60_000]
+    tob = recs[(recs["flags"] & F_TOB) != 0]
+    tob_book = (int(tob["instrument_id"][0]), int(tob["publisher_id"][0]))
+    clears = recs[recs["action"] == b"R"]
+    clear_book = (int(clears["instrument_id"][0]), int(clears["publisher_id"][0]))
+    assert check_level_log(recs, *tob_book, every_record=False) > 100
+    assert check_level_log(recs, *clear_book, every_record=False,
+                           cuts=random_cuts(len(recs), 10, 2)) > 100
+    # tiny state and log: growth of both in the middle of clears and TOB records
+    check_level_log(recs[:20_000], *clear_book, start=7_000,
+                    state=BookState(books=1, orders=2, levels=2, segment_pool=4))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_level_log_hand_written(name):
+    recs = build_records(CASES[name])
+    for iid, pub in books_of(recs):
+        check_level_log(recs, iid, pub)
+        check_level_log(recs, iid, pub, cuts=range(1, len(recs)))
+
+
+def test_level_log_off_is_empty_and_key_checked(synth):
+    ne = NumbaEngine(levels=1)
+    f = ne.apply(synth[:1000])
+    assert f.level_log.shape == (0, 4)
+    f = ne.apply(synth[1000:2000], log_key=book_key(999_999, 9))  # no such book
+    assert f.level_log.shape == (0, 4)
+    with pytest.raises(EngineError):
+        ne.apply(synth[:10], log_key=-1)
+    with pytest.raises(EngineError):
+        book_key(2**32, 1)
+    assert book_key(3, 2) == (3 << 16) | 2
+    assert all(len(x) == 0 for x in NumbaEngine().book_levels(1, 1))
+
+
+@PROPS
+@given(rows=_stream(last=False, max_size=100), data=st.data())
+def test_property_level_log(rows, data):
+    recs = build_records(rows)
+    iid, pub = data.draw(st.sampled_from(BOOKS))
+    cuts = data.draw(st.lists(st.integers(1, max(1, len(recs) - 1)), max_size=5))
+    start = data.draw(st.integers(0, len(recs)))
+    check_level_log(recs, iid, pub, cuts=cuts, start=start)

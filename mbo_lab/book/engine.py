@@ -23,11 +23,24 @@ from .frames import BookFrames
 from .reference import COUNTER_NAMES, Market, _iter_fields
 from .state import BookState
 
-__all__ = ["Engine", "NumbaEngine", "ReferenceEngine", "make_engine", "ENGINES"]
+__all__ = ["Engine", "NumbaEngine", "ReferenceEngine", "make_engine", "ENGINES", "book_key"]
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("numba", "reference")
+
+#: Initial rows of a level-change log (it doubles when full).
+LOG_INIT_ROWS = 1 << 12
+
+
+def book_key(instrument_id: int, publisher_id: int) -> int:
+    """The key of one book for ``NumbaEngine.apply(..., log_key=)``:
+    ``instrument_id << 16 | publisher_id``."""
+    iid, pub = int(instrument_id), int(publisher_id)
+    if not (0 <= iid < 2**32 and 0 <= pub < 2**16):
+        raise EngineError(f"book_key: instrument_id must be uint32 and publisher_id uint16, "
+                          f"got ({iid}, {pub})")
+    return (iid << 16) | pub
 
 
 class Engine(Protocol):
@@ -78,11 +91,17 @@ class NumbaEngine:
         """Anomaly counters since the start (see :mod:`mbo_lab.book.reference`)."""
         return dict(zip(COUNTER_NAMES, self.state.counters.tolist()))
 
-    def apply(self, records: np.ndarray, base_index: int | None = None) -> BookFrames:
+    def apply(self, records: np.ndarray, base_index: int | None = None, *,
+              log_key: int | None = None) -> BookFrames:
         """Apply records in order; return the book states at their F_LAST records.
 
         ``base_index`` is the index of ``records[0]`` in the stream (defaults to the number
         of records applied so far), used for :attr:`BookFrames.index`.
+
+        ``log_key`` (:func:`book_key`) selects one book whose level changes are returned in
+        ``frames.level_log``: int64 rows ``[record_index, side (0 bid, 1 ask), price
+        (fixed 1e-9), new level size (lots, 0 = level removed)]`` in record order, one per
+        change of an aggregated level's size. Without it the log is empty, shape (0, 4).
         """
         recs = kernel_view(_check_records(records))
         base = self.records_applied if base_index is None else int(base_index)
@@ -92,19 +111,41 @@ class NumbaEngine:
             trade_idx = np.zeros(int(np.count_nonzero(recs["action"] == ord("T"))), np.int64)
         else:
             trade_idx = np.zeros(0, np.int64)
-        i, n_out, n_tr = 0, 0, 0
+        if log_key is None:
+            lkey = 0
+            log = _NO_LOG
+        else:
+            lkey = int(log_key)
+            if not 0 <= lkey < 2**48:
+                raise EngineError(f"log_key must be book_key(instrument_id, publisher_id), "
+                                  f"got {log_key!r}")
+            lkey += 1
+            log = np.empty((min(LOG_INIT_ROWS, 2 * len(recs) + 16), 4), np.int64)
+        parts: list[np.ndarray] = []
+        i, n_out, n_tr, n_log = 0, 0, 0, 0
         while True:
-            i, status, n_out, n_tr = K.apply_records(
+            i, status, n_out, n_tr, n_log = K.apply_records(
                 *self.state.as_tuple(), recs, i, len(recs), self.levels, out.index,
                 out.bid_px, out.bid_sz, out.bid_ct, out.ask_px, out.ask_sz, out.ask_ct,
-                out.cross, n_out, trade_idx, n_tr, base,
+                out.cross, n_out, trade_idx, n_tr, base, lkey, log, n_log,
             )
             if status == K.OK:
                 break
+            if status == K.NEED_LOG:
+                # keep what was logged; continue at the same record in a larger buffer
+                if n_log:
+                    parts.append(log[:n_log].copy())
+                b = self.state.book_index((lkey - 1) >> 16, (lkey - 1) & 0xFFFF)
+                need = 2 + sum(self.state.book_levels(b)) if b >= 0 else 2
+                log = np.empty((max(2 * len(log), 2 * need), 4), np.int64)
+                n_log = 0
+                continue
             self.state.grow(status)
         self.records_applied += len(recs)
         out.trades = trade_idx[:n_tr]
         out.counters = self.counters
+        if log_key is not None:
+            out.level_log = np.concatenate(parts + [log[:n_log]]) if parts else log[:n_log]
         return out
 
     # ---- queries on the current state
@@ -123,6 +164,24 @@ class NumbaEngine:
                                       out.ask_ct)
         out.index[0] = self.records_applied - 1
         return out
+
+    def book_levels(self, instrument_id: int, publisher_id: int) -> tuple[np.ndarray, ...]:
+        """Every current level of one book, best first: ``(bid_px, bid_sz, bid_ct, ask_px,
+        ask_sz, ask_ct)`` (prices int64 fixed 1e-9, sizes lots, counts int64); empty
+        arrays when the book does not exist."""
+        b = self._book(instrument_id, publisher_id)
+        a = self.state.arrays
+        out: list[np.ndarray] = []
+        for side in (0, 1):
+            if b < 0:
+                rows = np.zeros(0, np.int64)
+            else:
+                st, n = int(a["seg"][2 * b + side, K.S_START]), int(a["seg"][2 * b + side,
+                                                                               K.S_LEN])
+                rows = a["pool"][st: st + n, 1][::-1]  # the best level is the last row
+            lv = a["lvl"][rows]
+            out += [lv[:, K.L_PX].copy(), lv[:, K.L_SZ].copy(), lv[:, K.L_CT].copy()]
+        return tuple(out)
 
     def order(self, instrument_id: int, publisher_id: int, order_id: int) -> dict | None:
         """A live order as a dict (side 'B'/'A', price fixed-point, size, ts_recv ns,
@@ -238,5 +297,7 @@ def make_engine(name: str = "numba", levels: int = 10, **kw) -> NumbaEngine | Re
         return ReferenceEngine(levels=levels, **kw)
     raise EngineError(f"unknown engine {name!r}; choose one of {ENGINES}")
 
+
+_NO_LOG = np.zeros((0, 4), np.int64)
 
 _ = (MBO_DTYPE, UNDEF_PRICE)

@@ -41,6 +41,10 @@ class BookFrames:
         Record indices of Trade records.
     counters : dict[str, int]
         Anomaly counters of the engine after the run.
+    level_log : int64 (k, 4)
+        Level changes of the book selected with ``NumbaEngine.apply(log_key=...)``:
+        ``[record_index, side (0 bid, 1 ask), price (fixed 1e-9), new size (lots)]``;
+        shape (0, 4) when no book was selected.
     """
 
     index: np.ndarray
@@ -53,6 +57,7 @@ class BookFrames:
     cross: np.ndarray
     trades: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     counters: dict[str, int] = field(default_factory=dict)
+    level_log: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
 
     @property
     def levels(self) -> int:
@@ -99,13 +104,14 @@ class BookFrames:
                "trades")),
         )
         out.counters = dict(parts[-1].counters)
+        out.level_log = np.concatenate([p.level_log for p in parts])
         return out
 
     def truncate(self, n: int) -> BookFrames:
         """The first ``n`` states (views)."""
         return BookFrames(self.index[:n], self.bid_px[:n], self.bid_sz[:n], self.bid_ct[:n],
                           self.ask_px[:n], self.ask_sz[:n], self.ask_ct[:n], self.cross[:n],
-                          self.trades, dict(self.counters))
+                          self.trades, dict(self.counters), self.level_log)
 
     def equals(self, other: BookFrames) -> bool:
         """True when both hold the same states (indices, levels, cross states)."""

@@ -74,6 +74,7 @@ NEED_ORDERS = 1
 NEED_LEVELS = 2
 NEED_SEGMENT = 3
 NEED_BOOKS = 4
+NEED_LOG = 5  # the level-change log is full: flush or grow it, then call again
 
 # meta slots (int64 scalars of the state)
 M_NBOOKS = 0  # books in use
@@ -387,6 +388,27 @@ def _oh_del_f(OH, i, mask):
 
 
 @njit(inline="always", **_JIT)
+def _log_row(LG, n_log, i, side, price, size):
+    """Row ``n_log`` of the (flat) level-change log: record, side, price, new size."""
+    q = np.uint64(4 * n_log)
+    LG[q] = i
+    LG[q + np.uint64(1)] = side
+    LG[q + np.uint64(2)] = price
+    LG[q + np.uint64(3)] = size
+    return n_log + 1
+
+
+@njit(**_JIT)
+def _log_clear(LG, n_log, i, SG, P, LV, s):
+    """Log every level of segment ``s`` as removed (size 0) by record ``i``."""
+    st = SG[np.uint64(3 * s + S_START)]
+    for p in range(SG[np.uint64(3 * s + S_LEN)]):
+        lv = P[np.uint64(2 * (st + p) + 1)]
+        n_log = _log_row(LG, n_log, i, s & 1, LV[np.uint64(lv * N_LCOLS + L_PX)], 0)
+    return n_log
+
+
+@njit(inline="always", **_JIT)
 def _book_probe(BH, key, bkmask):
     """Book index of ``key`` in the flat book hash ``BH`` (-1: not created yet)."""
     hb = _ohash(key, 0, bkmask)
@@ -494,7 +516,8 @@ _OP_MOVE = 3  # order o goes to the back of (s, price) with size sz and time ts
 @njit(**_JIT)
 def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, ords, ord_free,
                   oh, recs, start, stop, nlev, out_idx, out_bpx, out_bsz, out_bct, out_apx,
-                  out_asz, out_act, out_cross, n_out, trade_idx, n_trades, base_index):
+                  out_asz, out_act, out_cross, n_out, trade_idx, n_trades, base_index,
+                  log_key, level_log, n_log):
     """Apply ``recs[start:stop]`` (``MBO_KERNEL_DTYPE``) to the state arrays.
 
     At every record with F_LAST, row ``n_out`` of the outputs gets the record's index
@@ -502,9 +525,18 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
     fixed-point, ``UNDEF`` when empty; sizes in lots; order counts) and its cross state.
     Trade records' indices go to ``trade_idx`` (pass a 0-length array to skip).
 
-    Returns ``(next_record, status, n_out, n_trades)``: status ``OK`` when every record
-    was applied; otherwise what must grow before calling again from ``next_record``.
+    Level-change log: for the book with ``log_key = (instrument_id << 16 | publisher_id)
+    + 1`` (0: no log), every change of an aggregated level's size is written from row
+    ``n_log`` of ``level_log (k, 4)``: ``[base_index + i, side 0 bid / 1 ask, price,
+    new level size (0 = removed)]``. Room for a record's rows is checked before the record
+    changes anything (``NEED_LOG``).
+
+    Returns ``(next_record, status, n_out, n_trades, n_log)``: status ``OK`` when every
+    record was applied; otherwise what must grow before calling again from
+    ``next_record``.
     """
+    LG = level_log.reshape(level_log.size)
+    log_cap = level_log.shape[0]
     # flat views (the row widths are the layout's constants)
     BH = bk_hash.reshape(bk_hash.size)
     SG = seg.reshape(seg.size)
@@ -593,6 +625,20 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                     status = NEED_SEGMENT
                     next_rec = i
                     break
+            lg = key == log_key
+            if lg:
+                # rows this record can log: 2 (old and new level), a side (TOB) or both
+                # sides (clear) of the book
+                need = 2
+                if act == ACTION_CLEAR:
+                    need = SG[np.uint64(6 * b + S_LEN)] + SG[np.uint64(6 * b + 3 + S_LEN)]
+                elif act == ACTION_ADD and (flags & F_TOB) != 0:
+                    need = SG[np.uint64(3 * s + S_LEN)] + 1
+                if n_log + need > log_cap:
+                    status = NEED_LOG
+                    next_rec = i
+                    break
+            ri = base_index + i
             price = r.price
             sz = np.int64(r.size)
             oid = np.int64(r.order_id)
@@ -627,11 +673,18 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                         op = _OP_REMOVE
                     else:
                         OR[np.uint64(ob + O_SZ)] = cur - sz
-                        LV[np.uint64(OR[np.uint64(ob + O_LVL)] * N_LCOLS + L_SZ)] -= sz
+                        lb = OR[np.uint64(ob + O_LVL)] * N_LCOLS
+                        LV[np.uint64(lb + L_SZ)] -= sz
+                        if lg and sz != 0:
+                            n_log = _log_row(LG, n_log, ri, OR[np.uint64(ob + O_SEG)] & 1,
+                                             LV[np.uint64(lb + L_PX)], LV[np.uint64(lb + L_SZ)])
             elif act == ACTION_CLEAR:
                 meta[M_ORD_FREE] = nofree
                 meta[M_LVL_FREE] = nlfree
                 meta[M_LIVE] = live
+                if lg:
+                    n_log = _log_clear(LG, n_log, ri, SG, P, LV, 2 * b)
+                    n_log = _log_clear(LG, n_log, ri, SG, P, LV, 2 * b + 1)
                 _clear_segment(meta, seg, pool, lvl, lvl_free, ords, ord_free, oh, 2 * b)
                 _clear_segment(meta, seg, pool, lvl, lvl_free, ords, ord_free, oh, 2 * b + 1)
                 nofree = meta[M_ORD_FREE]
@@ -644,9 +697,19 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                 st = SG[np.uint64(3 * s + S_START)]
                 n = SG[np.uint64(3 * s + S_LEN)]
                 orders = False
+                new_lvl = price != UNDEF and sz > 0
+                old_sz = np.int64(0)  # old size at the new price
                 for p in range(n):
-                    if LV[np.uint64(P[np.uint64(2 * (st + p) + 1)] * N_LCOLS + L_HEAD)] >= 0:
+                    lb = P[np.uint64(2 * (st + p) + 1)] * N_LCOLS
+                    if LV[np.uint64(lb + L_HEAD)] >= 0:
                         orders = True
+                    if lg:
+                        if new_lvl and LV[np.uint64(lb + L_PX)] == price:
+                            old_sz = LV[np.uint64(lb + L_SZ)]
+                        else:
+                            n_log = _log_row(LG, n_log, ri, s & 1, LV[np.uint64(lb + L_PX)], 0)
+                if lg and new_lvl and old_sz != sz:
+                    n_log = _log_row(LG, n_log, ri, s & 1, price, sz)
                 if orders:
                     meta[M_ORD_FREE] = nofree
                     meta[M_LVL_FREE] = nlfree
@@ -705,15 +768,21 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                     ts = OR[np.uint64(ob + O_TS)]
                 else:
                     lb = OR[np.uint64(ob + O_LVL)] * N_LCOLS
-                    LV[np.uint64(lb + L_SZ)] += sz - OR[np.uint64(ob + O_SZ)]
+                    d = sz - OR[np.uint64(ob + O_SZ)]
+                    LV[np.uint64(lb + L_SZ)] += d
                     OR[np.uint64(ob + O_SZ)] = sz
+                    if lg and d != 0:
+                        n_log = _log_row(LG, n_log, ri, s & 1, price, LV[np.uint64(lb + L_SZ)])
             # ---- carry it out
             if op == _OP_MOVE and OR[np.uint64(ob + O_PX)] == price and \
                     OR[np.uint64(ob + O_SEG)] == s:
                 # same level: to the back of its queue with the new size
                 lv = OR[np.uint64(ob + O_LVL)]
                 lb = lv * N_LCOLS
-                LV[np.uint64(lb + L_SZ)] += sz - OR[np.uint64(ob + O_SZ)]
+                d = sz - OR[np.uint64(ob + O_SZ)]
+                LV[np.uint64(lb + L_SZ)] += d
+                if lg and d != 0:
+                    n_log = _log_row(LG, n_log, ri, s & 1, price, LV[np.uint64(lb + L_SZ)])
                 nxt = OR[np.uint64(ob + O_NEXT)]
                 if nxt >= 0:
                     prv = OR[np.uint64(ob + O_PREV)]
@@ -732,7 +801,13 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
             elif op != _OP_NONE:
                 if op != _OP_ADD:
                     # out of its level (remove, or move to another level)
+                    lb = OR[np.uint64(ob + O_LVL)] * N_LCOLS
+                    side_old = OR[np.uint64(ob + O_SEG)] & 1
                     nlfree = _unlink_f(SG, P, LV, lvl_free, OR, nlfree, o)
+                    if lg:
+                        # a removed level keeps its price and size 0 in its (free) row
+                        n_log = _log_row(LG, n_log, ri, side_old, LV[np.uint64(lb + L_PX)],
+                                         LV[np.uint64(lb + L_SZ)])
                 if op == _OP_REMOVE:
                     _oh_del_f(OH, hp, ohmask)
                     live -= 1
@@ -754,6 +829,9 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                     OR[np.uint64(ob + O_SZ)] = sz
                     OR[np.uint64(ob + O_TS)] = ts
                     _append_f(LV, OR, lv, o, sz)
+                    if lg:
+                        n_log = _log_row(LG, n_log, ri, s & 1, price,
+                                         LV[np.uint64(lv * N_LCOLS + L_SZ)])
         else:
             counters[C_BAD_ACTION] += 1
         if flags & F_LAST:
@@ -824,7 +902,7 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
     meta[M_ORD_FREE] = nofree
     meta[M_LVL_FREE] = nlfree
     meta[M_LIVE] = live
-    return next_rec, status, n_out, n_trades
+    return next_rec, status, n_out, n_trades, n_log
 
 
 @njit(**_JIT)
