@@ -13,6 +13,9 @@ __all__ = [
     "WrongSchemaError",
     "UnsupportedVersionError",
     "TruncatedFileError",
+    "CorruptFileError",
+    "FileChangedError",
+    "InputPathError",
     "ConfigError",
     "EngineError",
 ]
@@ -53,6 +56,40 @@ class TruncatedFileError(DataError):
         super().__init__(message)
         self.records_read = records_read
         self.byte_offset = byte_offset
+
+
+class CorruptFileError(NotDbnError):
+    """The file's content fails an integrity check (damaged Zstandard data, a content
+    checksum that does not match, bytes after the last frame).
+
+    A subclass of :class:`NotDbnError` so code that caught damaged ``.zst`` files as
+    ``NotDbnError`` keeps working.
+
+    Attributes
+    ----------
+    byte_offset : int
+        Offset (bytes) in the file (compressed offset for ``.zst``) near the damage.
+    records_read : int
+        Whole records decoded before the damage was found.
+    """
+
+    def __init__(self, message: str, records_read: int = 0, byte_offset: int = 0):
+        super().__init__(message)
+        self.records_read = records_read
+        self.byte_offset = byte_offset
+
+
+class FileChangedError(DataError):
+    """A memory-mapped source file changed (size, mtime or inode) after ``load()``.
+
+    Raised by :meth:`mbo_lab.MboData.check_unchanged` before a pass over the records,
+    instead of letting the process die of SIGBUS on a file truncated in place.
+    """
+
+
+class InputPathError(DataError):
+    """The input path cannot be read as a file: missing, a directory, a symlink loop,
+    not readable, or not a regular file (fifo, device, socket)."""
 
 
 class ConfigError(MboLabError):
