@@ -1,0 +1,371 @@
+"""The liquidity map widget (``mbo_lab.viz.liquidity_map``): state after construction,
+zoom re-queries the visible window with bounded payloads, a click seeks the session,
+colour controls, time labels in any zone, close() unsubscribes.
+
+The map reads only the session APIs of contract B (``liquidity``, ``trades_between``,
+``seek``, ``subscribe``, ``frame``, ``tick``, ``time_zone``). When the real session does
+not offer ``liquidity`` yet, :class:`_ContractB` adds a simple stand-in computed from
+``mbo_lab.mbp`` states (last state per time bin), so the widget is still tested against
+real seeks and frames.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mbo_lab
+from mbo_lab.replay.session import Session
+from mbo_lab.viz.liquidity_map import (
+    LiquidityMap,
+    color_cells,
+    js_number_key,
+    time_ticks,
+)
+
+pytest.importorskip("bqplot")
+
+REAL_GRID = hasattr(Session, "liquidity") and hasattr(Session, "trades_between")
+
+
+class _ContractB(Session):
+    """A real Session plus stand-ins for the contract-B views it may not have yet."""
+
+    calls: list
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls = []
+        self._mbp = None
+
+    def _states(self) -> pd.DataFrame:
+        if self._mbp is None:
+            df = mbo_lab.mbp(self.data, levels=10)
+            self._mbp = df[(df.instrument_id == self.instrument_id)
+                           & (df.publisher_id == self.publisher_id)]
+        return self._mbp
+
+    def liquidity(self, start=None, end=None, *, time_bins=1000, price_rows=400,
+                  price_lo=None, price_hi=None, tick_multiple=None, progress=None):
+        self.calls.append(dict(start=start, end=end, time_bins=time_bins,
+                               price_rows=price_rows, price_lo=price_lo, price_hi=price_hi,
+                               tick_multiple=tick_multiple))
+        if REAL_GRID:
+            return super().liquidity(start, end, time_bins=time_bins, price_rows=price_rows,
+                                     price_lo=price_lo, price_hi=price_hi,
+                                     tick_multiple=tick_multiple, progress=progress)
+        ts = self.data.records["ts_recv"]
+        s = int(ts[0]) if start is None else int(start)
+        e = int(ts[-1]) + 1 if end is None else int(end)
+        st = self._states()
+        t = st.index.as_unit("ns").asi8
+        tick = self.tick
+        mult = tick_multiple or 1
+        if price_lo is None:
+            px = st[[f"bid_px_{k:02d}" for k in range(10)]
+                    + [f"ask_px_{k:02d}" for k in range(10)]].to_numpy()
+            price_lo, price_hi = np.nanmin(px), np.nanmax(px) + tick
+            mult = max(1, math.ceil((price_hi - price_lo) / tick / price_rows))
+        rows = max(1, math.ceil((price_hi - price_lo) / (tick * mult) - 1e-9))
+        pe = price_lo + np.arange(rows + 1) * tick * mult
+        te = np.linspace(s, e, time_bins + 1).astype(np.int64)
+        bid = np.full((time_bins, rows), np.nan)
+        ask = np.full((time_bins, rows), np.nan)
+        bclose = np.full(time_bins, np.nan)
+        aclose = np.full(time_bins, np.nan)
+        idx = np.searchsorted(t, te[1:], "right") - 1
+        for b, i in enumerate(idx):
+            if i < 0:
+                continue
+            row = st.iloc[i]
+            bid[b] = ask[b] = 0.0
+            for side, arr, close in (("bid", bid, bclose), ("ask", ask, aclose)):
+                close[b] = row[f"{side}_px_00"]
+                for k in range(10):
+                    p = row[f"{side}_px_{k:02d}"]
+                    if np.isfinite(p):
+                        r = int(np.floor((p - price_lo) / (tick * mult) + 1e-9))
+                        if 0 <= r < rows:
+                            arr[b, r] += row[f"{side}_sz_{k:02d}"]
+        zeros = np.zeros((time_bins, rows))
+        vol = zeros.copy()
+        tr = self.trades_between(s, e, max_trades=10**9)
+        if len(tr):
+            tb = np.clip(np.searchsorted(te, tr.index.as_unit("ns").asi8, "right") - 1,
+                         0, time_bins - 1)
+            tr_rows = np.floor((tr["price"].to_numpy() - price_lo) / (tick * mult) + 1e-9)
+            ok = (tr_rows >= 0) & (tr_rows < rows)
+            np.add.at(vol, (tb[ok], tr_rows[ok].astype(int)), tr["size"].to_numpy()[ok])
+        lo = pd.DataFrame({"ts_start": [s], "ts_end": [e], "side": ["B"],
+                           "price": [float(pe[rows // 2])], "size": [100], "order_id": [1]})
+        return SimpleNamespace(
+            t_edges=te, price_edges=pe.astype(np.float64),
+            price_edges_fixed=np.rint(pe * 1e9).astype(np.int64), tick=tick * mult,
+            bid_twa=bid, ask_twa=ask, bid_max=bid * 1.5, ask_max=ask * 1.5,
+            buy_volume=vol, sell_volume=zeros, bid_close=bclose, ask_close=aclose,
+            bid_high=bclose, bid_low=bclose, ask_high=aclose, ask_low=aclose,
+            bid_open=bclose, ask_open=aclose, large_orders=lo, nbytes=bid.nbytes * 6)
+
+    if not REAL_GRID:
+        tick = 0.25  # the synthetic generator's tick
+        time_zone = "America/Chicago"
+
+        def trades_between(self, start, end, max_trades=5000):
+            r = self.data.records
+            i = self._book_trades
+            m = (r["ts_recv"][i] >= start) & (r["ts_recv"][i] < end)
+            i = i[m]
+            df = pd.DataFrame(
+                {"price": r["price"][i] / 1e9, "size": r["size"][i].astype(np.int64),
+                 "side": [s.decode() for s in r["side"][i]], "record_index": i},
+                index=pd.DatetimeIndex(r["ts_recv"][i].astype("datetime64[ns]"),
+                                       tz="UTC", name="ts_recv"))
+            if len(df) > max_trades:
+                df = df.nlargest(max_trades, "size").sort_index()
+            return df
+
+
+@pytest.fixture(scope="module")
+def session():
+    recs = mbo_lab.synth_records(30_000, seed=11)
+    return _ContractB(recs, fps=240)
+
+
+@pytest.fixture
+def lmap(session):
+    session.calls.clear()
+    m = LiquidityMap(session, width_px=300, height_px=200, debounce=0)
+    yield m
+    m.close()
+
+
+# ------------------------------------------------------------------------ pure helpers
+def test_js_number_key_matches_javascript_string():
+    assert js_number_key(3600.0) == "3600"
+    assert js_number_key(-0.0) == "0"
+    assert js_number_key(3600.125) == "3600.125"
+    assert js_number_key(0.5) == "0.5"
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/Chicago", "Asia/Tokyo", "Asia/Kolkata"])
+def test_time_ticks_label_the_instant_in_the_zone(tz):
+    origin = pd.Timestamp("2025-09-24", tz="UTC").value
+    s = pd.Timestamp("2025-09-24 19:31:07", tz="UTC").value
+    e = s + 47 * 60 * 10**9
+    values, labels = time_ticks(s, e, origin, tz)
+    assert 3 <= len(values) <= 12
+    assert values.dtype == np.float64
+    for v in values:
+        ns = origin + round(v * 1e9)
+        assert s <= ns <= e
+        want = pd.Timestamp(ns, tz="UTC").tz_convert(tz).strftime("%H:%M")
+        assert labels[js_number_key(v)] == want
+    # round local minutes (multiples of the step in that zone)
+    mins = [int(lab[-2:]) for lab in labels.values()]
+    assert all(m % 5 == 0 for m in mins), labels
+
+
+def test_time_ticks_sub_second_windows_show_milliseconds():
+    origin = pd.Timestamp("2025-09-24", tz="UTC").value
+    s = pd.Timestamp("2025-09-24 19:31:07.1234", tz="UTC").value
+    values, labels = time_ticks(s, s + 40_000_000, origin, "UTC")  # 40 ms
+    assert len(values) >= 3
+    assert len(set(labels.values())) == len(values)  # never repeated
+    assert all(lab.startswith("19:31:07.") for lab in labels.values())
+
+
+def test_color_cells_sides_cutoffs_and_scale():
+    bid = np.array([[0.0, 1.0, 10.0, 100.0, np.nan]])
+    ask = np.array([[5.0, 0.0, 20.0, 0.0, np.nan]])
+    c, lo, hi = color_cells(bid, ask, log_scale=False, lower_pct=0, upper_pct=100)
+    assert not np.isnan(c).any()
+    # the larger side wins: ask 5 at col 0, bid 1, ask 20, bid 100, nothing
+    assert c[0, 0] < 0 and c[0, 1] > 0 and c[0, 2] < 0 and c[0, 3] > 0 and c[0, 4] == 0
+    assert (lo, hi) == (1.0, 100.0)
+    assert c[0, 3] == 1.0 and abs(c[0, 1]) == pytest.approx(0.18)
+    # a higher lower cut-off hides the small cells; log spreads small sizes apart
+    c2, lo2, _ = color_cells(bid, ask, log_scale=False, lower_pct=50, upper_pct=100)
+    assert lo2 > 1.0 and c2[0, 1] == 0.0 and c2[0, 3] == 1.0
+    lin, _, _ = color_cells(bid, ask, log_scale=False, lower_pct=0, upper_pct=100)
+    lg, _, _ = color_cells(bid, ask, log_scale=True, lower_pct=0, upper_pct=100)
+    assert abs(lg[0, 0]) > abs(lin[0, 0])
+    z, _, _ = color_cells(np.full((2, 2), np.nan), np.zeros((2, 2)))
+    assert (z == 0).all()
+
+
+# ------------------------------------------------------------------------ the widget
+def test_construction_shows_the_whole_stream(lmap, session):
+    ts = session.data.records["ts_recv"]
+    s, e, lo, hi = lmap.window
+    assert s == int(ts[0]) and e == int(ts[-1]) + 1
+    assert lo < hi
+    assert session.calls and session.calls[0]["start"] == int(ts[0])
+    g = lmap.grid
+    bins, rows = len(g.t_edges) - 1, len(g.price_edges) - 1
+    assert lmap.heat.color.shape == (rows, bins)
+    assert bins * rows <= lmap.max_cells
+    assert lmap.heat.color.dtype == np.float64 and lmap.heat.x.dtype == np.float64
+    assert lmap.heat.y.dtype == np.float64
+    assert np.count_nonzero(lmap.heat.color) > 0
+    assert not np.isnan(lmap.heat.color).any()
+    # bid/ask lines, trades, cursor at the session position, profile, time axis
+    assert lmap.bbo_lines.y.shape == (2, bins) and lmap.bbo_lines.visible
+    assert lmap.trades.visible and len(lmap.trades.x) > 0
+    assert set(np.unique(lmap.trades.color)) <= {-1.0, 0.0, 1.0}
+    assert lmap.cursor.visible
+    cur_ns = lmap.origin_ns + lmap.cursor.x[0] * 1e9
+    assert abs(cur_ns - session.frame().ts_recv) < 1e3
+    assert lmap.profile_bars.y.shape == (2, rows)
+    assert lmap.time_axis.label == f"time ({session.time_zone})"
+    assert len(lmap.time_axis.tick_values) >= 2
+    assert all(js_number_key(v) in lmap.time_axis.tick_labels
+               for v in lmap.time_axis.tick_values)
+    assert lmap.updates == 1 and lmap.bytes_sent == lmap.last_bytes > 0
+    assert lmap.subscribed and lmap._on_frame in session.clock.subscribers
+
+
+def test_browser_zoom_requeries_the_visible_window(lmap, session):
+    s, e, lo, hi = lmap.window
+    before_cells = lmap.heat.color
+    n_calls = len(session.calls)
+    # the browser (PanZoom) sets the scale domains: a tenth of the time, half the prices
+    xs, xe = lmap.x_scale.min, lmap.x_scale.max
+    mid = (lo + hi) / 2
+    with lmap.x_scale.hold_trait_notifications():
+        lmap.x_scale.min = xs + (xe - xs) * 0.45
+        lmap.x_scale.max = xs + (xe - xs) * 0.55
+    lmap.y_scale.min, lmap.y_scale.max = mid - (hi - lo) / 4, mid + (hi - lo) / 4
+    assert len(session.calls) > n_calls  # debounce=0: queried at once
+    call = session.calls[-1]
+    ns = s + (e - s) * 0.45, s + (e - s) * 0.55
+    assert abs(call["start"] - ns[0]) < 1e4 and abs(call["end"] - ns[1]) < 1e4
+    assert call["price_lo"] == pytest.approx(mid - (hi - lo) / 4)
+    assert call["price_hi"] == pytest.approx(mid + (hi - lo) / 4)
+    new_s, new_e, _, _ = lmap.window
+    assert new_e - new_s < (e - s) / 5
+    assert not np.array_equal(lmap.heat.color, before_cells)
+    assert lmap.heat.x.min() >= lmap.x_scale.min and lmap.heat.x.max() <= lmap.x_scale.max
+    assert lmap.last_cells <= lmap.max_cells
+    assert lmap.last_bytes < 250_000 * 8 + 200_000
+    # the time labels follow the window
+    assert all(lmap.x_scale.min - 1e-6 <= v <= lmap.x_scale.max + 1e-6
+               for v in lmap.time_axis.tick_values)
+
+
+def test_debounced_zoom_waits_for_flush(session):
+    m = LiquidityMap(session, width_px=200, height_px=100, debounce=10.0)
+    try:
+        n = len(session.calls)
+        m.x_scale.max = m.x_scale.min + (m.x_scale.max - m.x_scale.min) / 2
+        m.x_scale.min = m.x_scale.min + 1.0
+        assert m.pending and len(session.calls) == n  # nothing asked yet
+        m.flush()
+        assert not m.pending and len(session.calls) == n + 1
+    finally:
+        m.close()
+
+
+def test_zoom_buttons_and_reset(lmap, session):
+    s, e, lo, hi = lmap.window
+    lmap.zoom_in_button.click()
+    s2, e2, lo2, hi2 = lmap.window
+    assert (e2 - s2) == pytest.approx((e - s) / 2, rel=1e-6)
+    assert (hi2 - lo2) == pytest.approx((hi - lo) / 2, rel=1e-6)
+    lmap.right_button.click()
+    assert lmap.window[0] > s2
+    n = len(session.calls)
+    lmap.reset_button.click()
+    assert lmap.window == (s, e, lo, hi)
+    assert len(session.calls) == n  # the whole-day view is cached
+
+
+def test_one_minute_window_payload_bounded(session):
+    m = LiquidityMap(session, width_px=2000, height_px=1000, max_cells=50_000, debounce=0)
+    try:
+        t = int(session.data.records["ts_recv"][len(session) // 2])
+        m.show(t, t + 60 * 10**9)
+        assert m.window[1] - m.window[0] == 60 * 10**9
+        assert m.last_cells <= 50_000
+        assert m.last_bytes < 50_000 * 8 * 1.2 + 100_000
+    finally:
+        m.close()
+
+
+def test_click_in_seek_mode_moves_the_session(lmap, session):
+    lmap.mode.value = "seek"
+    assert lmap.figure.interaction is lmap.picker
+    ts = session.data.records["ts_recv"]
+    target = int(ts[len(ts) // 3])
+    before = session.position
+    lmap.picker.selected = np.array([(target - lmap.origin_ns) / 1e9])  # the browser click
+    assert session.position != before
+    assert int(ts[session.position - 1]) <= target
+    assert target - int(ts[session.position - 1]) < 10**9
+    # the session published the new frame: the cursor follows it
+    cur_ns = lmap.origin_ns + lmap.cursor.x[0] * 1e9
+    assert abs(cur_ns - int(ts[session.position - 1])) < 1e3
+    assert lmap.seeks == 1
+    lmap.mode.value = "pan/zoom"
+    assert lmap.figure.interaction is lmap.panzoom
+
+
+def test_cursor_throttled_while_playing(session):
+    t = [0.0]
+    m = LiquidityMap(session, width_px=100, height_px=100, debounce=0, cursor_hz=5,
+                     clock=lambda: t[0])
+    try:
+        fr = session.frame()
+        moved = []
+        m.cursor.observe(lambda ch: moved.append(ch["new"][0]), "x")
+        for k in range(20):  # 20 playing frames within 1 s
+            t[0] = k * 0.05
+            fr.playing = True
+            fr.ts_recv = int(session.data.records["ts_recv"][k * 100])
+            m._on_frame(fr)
+        assert 4 <= len(moved) <= 6
+    finally:
+        m.close()
+
+
+def test_colour_controls_redraw_without_query(lmap, session):
+    n = len(session.calls)
+    c0 = lmap.heat.color
+    lmap.set_colors(lower_pct=60)
+    c1 = lmap.heat.color
+    assert np.count_nonzero(c1) < np.count_nonzero(c0)
+    lmap.set_colors(log_scale=False)
+    assert lmap.log_scale is False and not np.array_equal(lmap.heat.color, c1)
+    lmap.set_colors(measure="max")
+    assert lmap.measure == "max"
+    assert len(session.calls) == n
+    # bids positive, asks negative
+    assert (lmap.heat.color > 0).any() and (lmap.heat.color < 0).any()
+
+
+def test_time_zone_choice_relabels_the_axis(lmap, session):
+    v = lmap.time_axis.tick_values[0]
+    ns = lmap.origin_ns + round(v * 1e9)
+    local = lmap.time_axis.tick_labels[js_number_key(v)]
+    assert pd.Timestamp(ns, tz="UTC").tz_convert(session.time_zone).strftime(
+        "%H:%M:%S.%f").startswith(local)
+    lmap.zone_select.value = "UTC"
+    assert lmap.time_axis.label == "time (UTC)"
+    utc = lmap.time_axis.tick_labels[js_number_key(v)]
+    assert pd.Timestamp(ns, tz="UTC").strftime("%H:%M:%S.%f").startswith(utc)
+    if session.time_zone != "UTC":
+        assert utc != local
+
+
+def test_close_unsubscribes(session):
+    m = LiquidityMap(session, width_px=100, height_px=100, debounce=0)
+    assert m._on_frame in session.clock.subscribers
+    m.close()
+    assert m._on_frame not in session.clock.subscribers
+    assert not m.subscribed
+    n = m.updates
+    session.step(5)  # publishes: the closed map does not react
+    assert m.updates == n
