@@ -5,11 +5,18 @@ Verbs::
     mbo-lab demo                       book summary of the built-in demo data
     mbo-lab info FILE                  records, span, symbols, actions, unknown-order counts
     mbo-lab synth -o FILE --records N --seed S
-    mbo-lab mbp FILE --levels N -o OUT.parquet|OUT.csv [--engine numba|reference]
+    mbo-lab mbp FILE --levels N -o OUT.parquet|OUT.csv [--force] [--engine numba|reference]
     mbo-lab export FILE -o DIR [--levels N] [--grid 100ms]   Parquet store (records, bbo, ...)
+    mbo-lab batch FILES... -o DIR [--workers N | --scheduler tcp://host:8786]
     mbo-lab serve [FILE] [--host H] [--port P] [--token T] [--speed S]   HTTP/SSE server
+    mbo-lab lab [FILE] [--port N] [--no-browser]   JupyterLab with the dashboard
 
-Exit status: 0 on success, 2 for bad input (the message says what and what to do).
+Exit status: 0 on success, 2 for bad input, arguments or output (one line says what and what
+to do; nothing half-written is left), 130 after Ctrl-C, 143 after SIGTERM (partial
+``OUT.part`` files and staged store files are removed). ``mbp`` and ``synth`` refuse to
+replace an existing output unless ``--force``; ``export`` says whether it replaced an earlier
+export of the same file. ``mbp`` and ``export`` stream: memory is bounded by
+``--chunk-records`` whatever the file size.
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -102,8 +112,15 @@ def _print_summary(info: dict) -> None:
               f"bid {b['bid_size']} x {b['bid']}  |  ask {b['ask']} x {b['ask_size']}")
 
 
+def _engine(args: argparse.Namespace) -> str:
+    """``--engine``, else ``MBO_LAB_ENGINE``, else the default (the README's order)."""
+    from .config import get_settings
+
+    return get_settings(engine=getattr(args, "engine", None)).engine
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    info = _summary(args.file, args.engine)
+    info = _summary(args.file, _engine(args))
     if args.json:
         print(json.dumps(info, default=str, indent=2))
     else:
@@ -116,101 +133,182 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     path = demo_path()
     print(f"demo data: {path} (synthetic, deterministic)")
-    _print_summary(_summary(str(path), args.engine))
+    _print_summary(_summary(str(path), _engine(args)))
     print("\nNext: `jupyter lab notebooks/` for the notebooks, or "
           "`mbo-lab mbp FILE --levels 10 -o out.parquet`.")
     return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from .config import check_positive
     from .io.synth import write_synth
+    from .store import check_output_file
 
+    records = check_positive("--records", args.records, maximum=10**10)
+    check_positive("--seed", args.seed, minimum=0, maximum=2**63 - 1)
+    if args.clear_every is not None:
+        check_positive("--clear-every", args.clear_every)
+    out, replaces = check_output_file(args.output, force=args.force,
+                                      suffixes=(".dbn", ".dbn.zst"))
     t0 = time.perf_counter()
-    path = write_synth(args.output, args.records, seed=args.seed,
-                       clear_snapshot_every=args.clear_every, progress=None)
+    try:
+        path = write_synth(out, records, seed=args.seed,
+                           clear_snapshot_every=args.clear_every, progress=None)
+    except OSError as exc:
+        from .store import _os_error
+
+        raise _os_error(exc, out, "the output") from None
     dt = time.perf_counter() - t0
-    print(f"wrote {args.records:,} records to {path} in {dt:.1f} s")
+    note = " (replaced the existing file)" if replaces else ""
+    print(f"wrote {records:,} records to {path}{note} in {dt:.1f} s")
     return 0
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler so cleanups (``finally``) run as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:  # pragma: no cover - exercised in a subprocess
+    raise _Terminated()
+
+
+def _mbp_schema(levels: int, symbols: dict[int, str]):
+    """Arrow schema of the CLI's MBP table (from an empty frame, so every chunk, even one
+    without any F_LAST record, has exactly these column types), with pandas metadata that
+    makes ``pandas.read_parquet`` restore the ``ts_recv`` index."""
+    import pyarrow as pa
+
+    from .book.frames import BookFrames
+    from .io.records import MBO_DTYPE
+    from .store import book_columns
+
+    empty = pa.table(book_columns(BookFrames.empty(0, levels), None,
+                                  np.zeros(0, MBO_DTYPE), levels, symbols, fixed=False))
+    pdmeta = pa.Schema.from_pandas(empty.to_pandas().set_index("ts_recv"),
+                                   preserve_index=True).metadata
+    return empty.schema.with_metadata({b"pandas": pdmeta[b"pandas"]})
+
+
+#: Parquet options of ``mbo-lab mbp`` (benchmarks/bench_cli.py prints the encodings tried)
+MBP_PARQUET = {"compression": "zstd", "compression_level": 1, "use_dictionary": False}
 
 
 def cmd_mbp(args: argparse.Namespace) -> int:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from .book.build import iter_frames
-    from .io.dbn import load
+    from .book.engine import make_engine
+    from .config import check_levels, get_settings
+    from .store import book_columns, check_output_file, stream_source
 
-    out = Path(args.output)
-    fmt = out.suffix.lower()
-    if fmt not in (".parquet", ".csv"):
-        raise MboLabError(f"output {out} must end in .parquet or .csv")
-    meta = load(args.file) if not str(args.file).endswith(".zst") else None
-    symbols = meta.symbols if meta is not None else None
+    s = get_settings(engine=args.engine, chunk_records=args.chunk_records)
+    levels = check_levels(args.levels, s.chunk_records)
+    out, replaces = check_output_file(args.output, force=args.force,
+                                      suffixes=(".parquet", ".csv"))
+    fmt = ".csv" if out.name.lower().endswith(".csv") else ".parquet"
+    stream = stream_source(args.file, s.chunk_records)  # checks the input before opening
+    eng = make_engine(s.engine, levels=levels, trades=False)
+    sample = _sampling(args)
     tmp = out.with_name(out.name + ".part")
     writer = None
     rows = 0
     t0 = time.perf_counter()
     try:
-        for chunk, frames in iter_frames(args.file, args.levels, args.engine,
-                                         args.chunk_records, progress=None):
-            if symbols is None:
-                symbols = chunk.symbols
-            frames.index -= chunk.first_index  # chunk-local for to_df
-            df = frames.to_df(chunk.records, symbols)
-            df["record_index"] += chunk.first_index
-            rows += len(df)
-            if fmt == ".csv":
-                df.to_csv(tmp, mode="a" if writer else "w", header=writer is None)
-                writer = True
-            else:
-                table = pa.Table.from_pandas(df, preserve_index=True)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-        if fmt == ".parquet" and writer is not None:
-            writer.close()
-        if writer is None:  # no F_LAST at all: still write an empty, well-formed table
-            from .book.frames import BookFrames
+        schema = _mbp_schema(levels, stream.symbols)
+        if fmt == ".csv":
+            import pyarrow.csv as pacsv
 
-            empty = BookFrames.empty(0, args.levels).to_df(np.zeros(0, dtype=load(
-                args.file).records.dtype), symbols)
-            if fmt == ".csv":
-                empty.to_csv(tmp)
-            else:
-                empty.to_parquet(tmp)
-        tmp.replace(out)
+            writer = pacsv.CSVWriter(str(tmp), schema)
+        else:
+            import pyarrow.parquet as pq
+
+            writer = pq.ParquetWriter(str(tmp), schema, **MBP_PARQUET)
+        for chunk in stream.chunks:
+            if not len(chunk):
+                continue
+            fr = eng.apply(chunk.records, base_index=chunk.first_index)
+            if sample is not None:
+                fr = sample(fr, chunk)
+            if len(fr) == 0:
+                continue
+            rec = chunk.records[fr.index - chunk.first_index]
+            tbl = pa.table(book_columns(fr, None, rec, levels,
+                                        chunk.symbols or stream.symbols, fixed=False))
+            if tbl.schema != schema:
+                tbl = tbl.cast(schema)
+            writer.write_table(tbl)
+            rows += tbl.num_rows
+            del fr, rec, tbl  # each chunk's output is written and dropped
+        writer.close()
+        writer = None
+        os.replace(tmp, out)
+    except OSError as exc:
+        _discard(writer, tmp)
+        from .store import _os_error
+
+        raise _os_error(exc, out, "the output") from None
     except BaseException:
-        if tmp.exists():
-            tmp.unlink()
+        _discard(writer, tmp)
         raise
-    print(f"wrote {rows:,} book states ({args.levels} levels) to {out} "
+    note = " (replaced the existing file)" if replaces else ""
+    print(f"wrote {rows:,} book states ({levels} levels) to {out}{note} "
           f"in {time.perf_counter() - t0:.2f} s")
     return 0
 
 
+def _discard(writer, tmp: Path) -> None:
+    if writer is not None:
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001 - best effort on the error path
+            pass
+    tmp.unlink(missing_ok=True)
+
+
+def _sampling(args: argparse.Namespace):
+    """``--every`` / ``--changes-only`` (contract F, decided in the kernel's build module);
+    None when neither is given."""
+    every = getattr(args, "every", None)
+    changes = getattr(args, "changes_only", False)
+    if every is None and not changes:
+        return None
+    raise MboLabError("--every/--changes-only need the kernel's sampling (not available in "
+                      "this version); run without them")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    from .config import check_levels, get_settings
     from .store import export
 
+    s = get_settings(engine=args.engine, chunk_records=args.chunk_records)
+    check_levels(args.levels, s.chunk_records)
     what = tuple(w.strip() for w in args.tables.split(",") if w.strip())
     summary = export(args.file, args.output, levels=args.levels, grid=args.grid, what=what,
                      engine=args.engine, chunk_records=args.chunk_records, progress=None)
+    how = ("replaced its previous export" if summary["replaced"] else "added it")
     print(f"exported {summary['records']:,} records from {summary['source']} to "
-          f"{summary['out_dir']} in {summary['seconds']:.2f} s")
+          f"{summary['out_dir']} in {summary['seconds']:.2f} s ({how})")
     for name, t in summary["tables"].items():
-        print(f"  {name:<8} {t['rows']:>12,} rows in {len(t['partitions'])} partition(s)")
+        print(f"  {name:<8} {t['rows']:>12,} rows in {len(t['partitions'])} file(s)")
     return 0
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from .batch import batch
+    from .config import check_levels, check_positive
 
+    check_levels(args.levels)
+    workers = None if args.workers is None else check_positive("--workers", args.workers,
+                                                               maximum=1024)
     client = None
     if args.scheduler:
-        from distributed import Client
-
-        client = Client(args.scheduler)
-    res = batch(args.files, args.output, client=client, levels=args.levels, grid=args.grid,
-                overwrite=args.overwrite, n_workers=args.workers, progress=True)
+        client = _connect(args.scheduler, args.scheduler_timeout)
+    try:
+        res = batch(args.files, args.output, client=client, levels=args.levels,
+                    grid=args.grid, overwrite=args.overwrite, n_workers=workers,
+                    progress=True)
+    finally:
+        if client is not None:
+            client.close()
     counts = res.report["status"].value_counts().to_dict()
     print(f"batch: {len(res.report)} files in {res.seconds:.1f} s -> {res.out_dir} {counts}")
     for _, r in res.failed.iterrows():
@@ -218,6 +316,36 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if res.dashboard_link:
         print(f"dashboard was: {res.dashboard_link}")
     return 0 if res.failed.empty else 1
+
+
+def _connect(address: str, timeout: float):
+    """A ``distributed.Client`` for ``address``, or a package error within ``timeout`` s."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=f"{timeout}s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise MboLabError(
+            f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
+            f"({type(exc).__name__}: {exc}). Check the address (tcp://host:8786) and that "
+            "the scheduler runs, or omit --scheduler to use a local cluster.") from None
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from .config import check_positive
+
+    port = None if args.port is None else check_positive("--port", args.port,
+                                                         maximum=65535)
+    try:
+        from . import launch
+    except ImportError as exc:
+        raise MboLabError(f"`mbo-lab lab` is not available in this installation ({exc}); "
+                          "run `jupyter lab notebooks/` instead.") from None
+    if args.file is not None:
+        from .store import check_input
+
+        check_input(args.file)
+    return int(launch.main(args.file, port=port, open_browser=not args.no_browser) or 0)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -244,41 +372,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"mbo-lab {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     sub = p.add_subparsers(dest="cmd", required=True)
+    engine_help = "book engine (default: MBO_LAB_ENGINE, else numba)"
 
     d = sub.add_parser("demo", help="book summary of the built-in synthetic demo data")
-    d.add_argument("--engine", default="numba", choices=["numba", "reference"])
+    d.add_argument("--engine", default=None, choices=["numba", "reference"], help=engine_help)
     d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("info", help="records, span, symbols, actions, unknown-order counts")
     i.add_argument("file")
-    i.add_argument("--engine", default="numba", choices=["numba", "reference"])
+    i.add_argument("--engine", default=None, choices=["numba", "reference"], help=engine_help)
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_info)
 
     s = sub.add_parser("synth", help="write a deterministic synthetic MBO file")
     s.add_argument("-o", "--output", required=True, help="FILE.dbn or FILE.dbn.zst")
-    s.add_argument("--records", type=int, default=1_000_000)
+    s.add_argument("--records", type=int, default=1_000_000, help="records (>= 1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--clear-every", type=int, default=None,
-                   help="about every N records, a Clear + F_SNAPSHOT re-adds for one book")
+                   help="about every N records (>= 1), a Clear + F_SNAPSHOT re-adds for one "
+                        "book")
+    s.add_argument("-f", "--force", action="store_true", help="replace an existing output")
     s.set_defaults(func=cmd_synth)
 
-    m = sub.add_parser("mbp", help="MBP-N table at every F_LAST to Parquet or CSV")
+    m = sub.add_parser("mbp", help="MBP-N table at every F_LAST to Parquet or CSV (streamed)")
     m.add_argument("file")
-    m.add_argument("--levels", type=int, default=10)
+    m.add_argument("--levels", type=int, default=10, help="levels per side, 1..1000")
     m.add_argument("-o", "--output", required=True, help="OUT.parquet or OUT.csv")
-    m.add_argument("--engine", default=None, choices=["numba", "reference"])
-    m.add_argument("--chunk-records", type=int, default=None)
+    m.add_argument("-f", "--force", action="store_true",
+                   help="replace OUT if it exists (atomically, at the end)")
+    m.add_argument("--engine", default=None, choices=["numba", "reference"], help=engine_help)
+    m.add_argument("--chunk-records", type=int, default=None,
+                   help="records per chunk (memory is bounded by it; default 1Mi)")
     m.set_defaults(func=cmd_mbp)
 
-    ex = sub.add_parser("export", help="Parquet store partitioned by date and instrument")
+    ex = sub.add_parser("export", help="Parquet store partitioned by UTC day")
     ex.add_argument("file")
-    ex.add_argument("-o", "--output", required=True, help="output folder (created)")
+    ex.add_argument("-o", "--output", required=True,
+                    help="store folder (created; exporting the same file again replaces "
+                         "what it wrote before)")
     ex.add_argument("--levels", type=int, default=10, help="levels of the mbp table")
     ex.add_argument("--grid", default=None, help="mbp: last state per bin, e.g. 100ms")
     ex.add_argument("--tables", default="records,bbo,mbp,trades",
                     help="comma-separated subset of records,bbo,mbp,trades")
-    ex.add_argument("--engine", default=None, choices=["numba", "reference"])
+    ex.add_argument("--engine", default=None, choices=["numba", "reference"], help=engine_help)
     ex.add_argument("--chunk-records", type=int, default=None)
     ex.set_defaults(func=cmd_export)
 
@@ -287,8 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("-o", "--output", required=True, help="store folder")
     bt.add_argument("--levels", type=int, default=10)
     bt.add_argument("--grid", default=None, help="MBP time grid, e.g. 100ms")
-    bt.add_argument("--workers", type=int, default=None, help="LocalCluster workers")
+    bt.add_argument("--workers", type=int, default=None, help="LocalCluster workers (>= 1)")
     bt.add_argument("--scheduler", default=None, help="tcp://host:8786 of a running cluster")
+    bt.add_argument("--scheduler-timeout", type=float, default=5.0,
+                    help="seconds to wait for --scheduler (default 5)")
     bt.add_argument("--overwrite", action="store_true", help="redo files already done")
     bt.set_defaults(func=cmd_batch)
 
@@ -300,21 +438,41 @@ def build_parser() -> argparse.ArgumentParser:
                     "generated)")
     sv.add_argument("--speed", default="1", help="replay speed, 0.1..1000 or 'max'")
     sv.set_defaults(func=cmd_serve)
+
+    lb = sub.add_parser("lab", help="JupyterLab with the dashboard notebook (FILE optional)")
+    lb.add_argument("file", nargs="?", default=None)
+    lb.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    lb.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    lb.set_defaults(func=cmd_lab)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; exit status 0 ok, 2 bad input or output (one-line message),
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM); partial outputs are removed."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except MboLabError as exc:
         print(f"mbo-lab: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("mbo-lab: interrupted", file=sys.stderr)
+        return 130
+    except _Terminated:
+        print("mbo-lab: terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:  # e.g. `mbo-lab info f | head`
         return 0
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":  # pragma: no cover

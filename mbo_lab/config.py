@@ -21,11 +21,19 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "get_settings", "databento_api_key", "ENV_PREFIX"]
+__all__ = ["Settings", "get_settings", "databento_api_key", "ENV_PREFIX", "MAX_LEVELS",
+           "MAX_CHUNK_RECORDS", "check_levels", "check_positive"]
 
 ENV_PREFIX = "MBO_LAB_"
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: Most levels per side a book table may ask for (Databento's deepest MBP schema has 10).
+MAX_LEVELS = 1000
+#: Most records per chunk (about 3.5 GiB of records).
+MAX_CHUNK_RECORDS = 1 << 26
+#: Output memory a chunk's book states may take (levels x records), bytes.
+_MAX_CHUNK_OUTPUT = 8 << 30
 
 
 def _default_data_path() -> str:
@@ -81,8 +89,9 @@ class Settings:
             raise ConfigError(
                 f"engine must be 'numba' or 'reference', got {self.engine!r}"
             )
-        if self.chunk_records < 1:
-            raise ConfigError(f"chunk_records must be >= 1, got {self.chunk_records}")
+        if not 1 <= self.chunk_records <= MAX_CHUNK_RECORDS:
+            raise ConfigError(f"chunk_records must be within 1..{MAX_CHUNK_RECORDS:,}, got "
+                              f"{self.chunk_records}")
 
 
 def _coerce(name: str, typ: Any, raw: str) -> Any:
@@ -119,6 +128,31 @@ def get_settings(**overrides: Any) -> Settings:
         if raw is not None and raw != "":
             values[name] = _coerce(name, f.type, raw)
     return Settings(**values)
+
+
+def check_positive(name: str, value: Any, *, minimum: int = 1,
+                   maximum: int | None = None) -> int:
+    """``value`` as an int within ``minimum..maximum``, else :class:`ConfigError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not hasattr(
+            value, "__index__"):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    v = int(value)
+    if v < minimum or (maximum is not None and v > maximum):
+        rng = f">= {minimum:,}" if maximum is None else f"within {minimum:,}..{maximum:,}"
+        raise ConfigError(f"{name} must be {rng}, got {v:,}")
+    return v
+
+
+def check_levels(levels: Any, chunk_records: int | None = None) -> int:
+    """Validate book depth: 1..MAX_LEVELS, and small enough that one chunk's book states
+    (``chunk_records`` x ``levels`` x 40 bytes) fit in memory."""
+    lv = check_positive("levels", levels, maximum=MAX_LEVELS)
+    if chunk_records is not None and chunk_records * lv * 40 > _MAX_CHUNK_OUTPUT:
+        raise ConfigError(
+            f"levels={lv} with chunk_records={chunk_records:,} needs "
+            f"{chunk_records * lv * 40 / 2**30:.1f} GiB per chunk; lower --chunk-records "
+            f"(e.g. {max(1, _MAX_CHUNK_OUTPUT // (lv * 40 * 4)):,}) or --levels")
+    return lv
 
 
 def databento_api_key() -> str | None:

@@ -1,20 +1,22 @@
-"""Parquet datasets of records, BBO, MBP-N book states and trades, partitioned by day and instrument.
+"""Parquet datasets of records, BBO, MBP-N book states and trades, partitioned by UTC day.
 
 :func:`export` replays a source (DBN path, :class:`~mbo_lab.io.dbn.MboData` or an MBO record
 array) chunk by chunk through a book engine and writes, under ``out_dir``, one Hive-style
-dataset per table::
+dataset per table, plus a manifest::
 
-    out_dir/records/date=2025-01-02/instrument_id=1001/part-00000.parquet
+    out_dir/_mbo_lab_store.json                       the manifest (which files are current)
+    out_dir/records/date=2025-01-02/part-<run>-00000.parquet
     out_dir/bbo/...     out_dir/mbp/...     out_dir/trades/...
 
 Tables (every row carries ``ts_recv`` and ``ts_event`` as ``timestamp[ns, UTC]``, exact ns,
-``record_index`` = position of the row's record in the source, ``publisher_id`` and
-``symbol``; ``date`` (UTC day of ``ts_recv``) and ``instrument_id`` are the partition keys):
+``record_index`` = position of the row's record in the source, ``instrument_id``,
+``publisher_id`` and ``symbol``; ``date`` (UTC day of ``ts_recv``) is the partition key):
 
 ``records``
-    every MBO record, decoded: ``action``/``side`` as one-letter strings, ``price`` as float
-    (currency units, NaN for ``UNDEF_PRICE``) **and** ``price_fixed`` (exact int64, 1e-9
-    units, ``UNDEF_PRICE`` kept), ``size``, ``order_id`` (uint64), ``flags``, ``sequence``, ...
+    every MBO record, decoded: ``action``/``side`` as one-letter strings (a byte that is not
+    printable ASCII is shown as ``\\xff``), ``price`` as float (currency units, NaN for
+    ``UNDEF_PRICE``) **and** ``price_fixed`` (exact int64, 1e-9 units, ``UNDEF_PRICE``
+    kept), ``size``, ``order_id`` (uint64), ``flags``, ``sequence``, ...
 ``bbo``
     best bid/offer at every F_LAST record (Databento MBP naming: ``bid_px_00``, ``ask_px_00``,
     ``bid_sz_00``, ``ask_sz_00``, ``bid_ct_00``, ``ask_ct_00``), plus ``bid_px_00_fixed`` /
@@ -28,17 +30,30 @@ Tables (every row carries ``ts_recv`` and ``ts_event`` as ``timestamp[ns, UTC]``
     Trade (``T``) records: ``price``, ``price_fixed``, ``size``, ``side`` (aggressor:
     ``B`` buy, ``A`` sell, ``N`` none/implied), ``order_id``, ``sequence``, ``flags``.
 
-Files are plain Parquet (zstd): ``pandas.read_parquet(out_dir / "bbo")``,
-``duckdb.sql("select * from read_parquet('out/bbo/**/*.parquet', hive_partitioning=true)")``
-and ``dask.dataframe.read_parquet`` read them as they are; :func:`read` adds filters and
-typed partition columns.
+**File count.** One export writes at most one file per table and UTC day (a new file only
+when more than 64 days are open at once), whatever the number of instruments. Inside a
+file, each chunk's rows are sorted by ``instrument_id`` (then source order) and written in
+row groups of at most 128Ki rows, so the row-group statistics let pyarrow, DuckDB and Dask
+skip row groups when filtering on ``instrument_id``.
 
-Re-running is safe: every partition is first written under ``out_dir/.staging/`` and only
-when the whole export succeeded is each partition swapped into place (Linux
-``renameat2(RENAME_EXCHANGE)``, else two renames), replacing the previous content of that
-partition. Readers never see a half-written partition. The unit of replacement is the
-partition: a second source covering the same UTC day and instrument replaces the first
-one's rows (export one file per day, as Databento delivers them).
+**One atomic step.** Files are written under ``out_dir/.staging/`` while the export runs.
+The commit, under a lock file (``out_dir/.lock``, so concurrent exports such as
+:func:`mbo_lab.batch` workers queue), moves them into the table folders under new names and
+then replaces the manifest (write, fsync, rename): that rename is the switch. Only then are
+the files of the replaced export deleted. :func:`read` reads exactly the files the current
+manifest lists, so it sees the old store or the new one, never a mix, even when an export is
+killed at any point; files left by a killed export are not listed and the next export
+removes them. Tools that read the folders directly (``pandas.read_parquet(out/"bbo")``,
+DuckDB's ``read_parquet('out/bbo/**/*.parquet')``, Dask) see the same data whenever no
+export is running or was killed mid-commit; for a store that is written while you read, pass
+them :func:`files` (the manifest's list).
+
+**Sources.** Every export is recorded under a source key: the resolved path of a file
+source (also for :class:`MboData` loaded from a file), ``name=`` if given, else
+``"<memory>"``. Exporting a source again replaces everything that source wrote before
+(also days and tables the new export no longer has), so a re-export leaves exactly what a
+clean export of it leaves. Different sources add up (e.g. one file per day, or one file per
+instrument for the same day); exporting the same data under two keys duplicates rows.
 
 >>> summary = export(mbo_lab.demo_path(), "store/", levels=5, grid="100ms")   # doctest: +SKIP
 >>> read("store/", "bbo", instrument_id=1001).head()                          # doctest: +SKIP
@@ -46,15 +61,19 @@ one's rows (export one file per day, as Databento delivers them).
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date as _date
 from pathlib import Path
 from typing import Any
@@ -66,34 +85,206 @@ from .book.build import Source, as_data
 from .book.engine import make_engine
 from .book.frames import CROSS_CROSSED, CROSS_LOCKED, BookFrames
 from .config import get_settings
-from .errors import MboLabError
+from .errors import DataError, MboLabError
 from .io.dbn import MboData, iter_chunks
 from .io.records import (
     ACTION_TRADE,
+    FIXED_PRICE_SCALE,
     LENGTH_MBO,
     MBO_DTYPE,
+    RECORD_SIZE,
     RTYPE_MBO,
+    UNDEF_PRICE,
     empty_records,
-    ns_to_datetime,
-    px_to_float,
 )
 
-__all__ = ["export", "read", "records_from_frame", "tables", "StoreError", "TABLES"]
+__all__ = ["export", "read", "files", "records_from_frame", "tables", "StoreError",
+           "OutputError", "TABLES", "check_input", "check_output_file", "stream_source"]
 
 log = logging.getLogger(__name__)
 
 #: Tables :func:`export` can write.
 TABLES = ("records", "bbo", "mbp", "trades")
 
+MANIFEST = "_mbo_lab_store.json"
+_LOCK = ".lock"
 _STAGING = ".staging"
 _NS_PER_DAY = 86_400_000_000_000
 _MAX_OPEN_WRITERS = 64
 _PROGRESS_MIN_RECORDS = 2_000_000
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+#: rows per Parquet row group (clustered by instrument, for predicate pushdown)
+ROW_GROUP_ROWS = 1 << 17
+#: Parquet options of the store (see benchmarks/bench_cli.py for the encodings tried)
+STORE_PARQUET = {"compression": "zstd", "compression_level": 1}
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_PART_RE = re.compile(r"^part-[0-9a-f]+-[0-9a-f]+-\d{5}\.parquet$")
+#: test hook: name of a commit step at which the process kills itself (SIGKILL)
+_CRASH_ENV = "MBO_LAB_TEST_STORE_CRASH_AT"
 
 
 class StoreError(MboLabError):
     """A Parquet store could not be written or read (bad arguments, missing table)."""
+
+
+class OutputError(MboLabError):
+    """An output file or folder could not be written: missing or read-only folder, full
+    disk, a folder where a file is expected (or the reverse), an existing file that is not
+    to be replaced. Nothing half-written is left behind."""
+
+
+# --------------------------------------------------------------------------- edges: input
+
+
+def check_input(path: str | os.PathLike) -> Path:
+    """The path of a readable regular file, or a :class:`~mbo_lab.errors.DataError` that
+    names the real cause (missing, a directory, a symlink loop, unreadable, a fifo or other
+    special file). Never opens a fifo, so it never hangs."""
+    try:
+        from .io.dbn import check_input_path  # the io layer's check, when present
+    except ImportError:
+        check_input_path = None
+    if check_input_path is not None:
+        return Path(check_input_path(path))
+    p = Path(path)
+    what = "Pass the path of a Databento MBO file (.dbn or .dbn.zst)."
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        if os.path.islink(p):
+            raise DataError(f"{p} is a symbolic link to a missing file "
+                            f"({os.readlink(p)}). {what}") from None
+        raise DataError(f"file not found: {p}. {what} For demo data call "
+                        "mbo_lab.demo_path().") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataError(f"{p} is a symbolic link loop (too many levels of links). "
+                            f"{what}") from None
+        if exc.errno == errno.ENOTDIR:
+            raise DataError(f"{p}: a part of the path is a file, not a folder. {what}") \
+                from None
+        if exc.errno == errno.EACCES:
+            raise DataError(f"{p} cannot be reached: permission denied on a folder of its "
+                            "path. Fix the permissions.") from None
+        raise DataError(f"{p} cannot be read: {exc.strerror}. {what}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{p} is a directory, not a file. {what} (mbo-lab batch takes "
+                        "folders and glob patterns.)")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a fifo (named pipe)" if stat.S_ISFIFO(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                "a special file")
+        raise DataError(f"{p} is {kind}, not a regular file; mbo_lab reads regular files "
+                        "(save the stream to a file first).")
+    if not os.access(p, os.R_OK):
+        raise DataError(f"{p} is not readable (permission denied). Fix its permissions "
+                        "(e.g. chmod u+r) or copy it somewhere readable.")
+    return p
+
+
+# --------------------------------------------------------------------------- edges: output
+
+
+def _os_error(exc: OSError, target: Path, what: str) -> OutputError:
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOENT: "a folder of the path does not exist",
+        errno.EISDIR: "it is a folder",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+    }.get(exc.errno, exc.strerror or str(exc))
+    return OutputError(f"cannot write {what} {target}: {reason}. Nothing was left half-written"
+                       "; free space, fix permissions or choose another output, then retry.")
+
+
+def check_output_file(path: str | os.PathLike, *, force: bool = False,
+                      suffixes: Sequence[str] = ()) -> tuple[Path, bool]:
+    """Validate an output file path before any work: returns ``(path, replaces)``.
+
+    Refuses a folder, a missing or non-folder parent, a read-only parent, and an existing
+    file unless ``force`` (then ``replaces`` is True and the file is replaced atomically at
+    the end). ``suffixes``: accepted endings (lower case), e.g. ``(".parquet", ".csv")``.
+    """
+    p = Path(path)
+    if suffixes and not any(p.name.lower().endswith(s) for s in suffixes):
+        raise OutputError(f"output {p} must end in {' or '.join(suffixes)}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise OutputError(f"output folder {parent} does not exist; create it first "
+                          f"(mkdir -p {parent}) or choose another output.")
+    if not parent.is_dir():
+        raise OutputError(f"output folder {parent} is a file, not a folder.")
+    if p.is_dir():
+        raise OutputError(f"output {p} is a folder; give a file name inside it, e.g. "
+                          f"{p / ('out' + (suffixes[0] if suffixes else ''))}")
+    replaces = p.exists() or p.is_symlink()
+    if replaces and not force:
+        raise OutputError(f"output {p} exists and would be replaced; pass --force "
+                          "(force=True) to replace it, or choose another name.")
+    if replaces and not (p.is_file() or p.is_symlink()):
+        raise OutputError(f"output {p} exists and is not a regular file; it is not replaced.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {parent}: permission denied (read-only folder)."
+                          " Choose another output folder.")
+    return p, replaces
+
+
+def _check_output_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {out} is a file, not a folder: the store is a folder. "
+                          "Choose another path or delete the file.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"output {out}: a part of the path is a file, not a folder.") \
+            from None
+    except OSError as exc:
+        raise _os_error(exc, out, "the store folder") from None
+
+
+# --------------------------------------------------------------------------- input streaming
+
+
+@dataclass
+class _Stream:
+    """A source opened for streaming: its chunks, record count (or None), name and key."""
+
+    chunks: Iterator[MboData]
+    total: int | None
+    name: str
+    key: str
+    symbols: dict[int, str]
+
+
+def stream_source(source: Source, chunk_records: int, *, name: str | None = None) -> _Stream:
+    """Open ``source`` for chunked reading with memory bounded by ``chunk_records``.
+
+    Paths are checked first (:func:`check_input`), then read with
+    :func:`~mbo_lab.io.dbn.iter_chunks`: a plain ``.dbn`` is mapped once and the pages of
+    passed chunks are released, a ``.dbn.zst`` is decompressed as a stream; symbols come
+    from the metadata header (no pass over the file first). In-memory data is sliced.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        p = check_input(source)
+        key = name or str(p.resolve())
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            compressed = fh.read(4) == _ZSTD_MAGIC
+        total = None if compressed else max(0, (size - 8) // RECORD_SIZE)  # about (header)
+        chunks = iter_chunks(p, chunk_records, progress=False)
+        return _Stream(chunks, total, str(p), key, {})
+    data = as_data(source)
+
+    def gen_mem() -> Iterator[MboData]:
+        for lo in range(0, len(data), chunk_records):
+            yield data[lo: lo + chunk_records]
+
+    key = name or (str(Path(data.path).resolve()) if data.path else "<memory>")
+    return _Stream(gen_mem(), len(data), data.path or "<memory>", key, data.symbols)
 
 
 # --------------------------------------------------------------------------- arrow columns
@@ -106,118 +297,260 @@ def _pa():
 
 
 def _ts(ns: np.ndarray):
-    """uint64 ns -> arrow timestamp[ns, UTC] (via the one time helper)."""
+    """uint64 ns since the epoch -> arrow timestamp[ns, UTC] (zero copy when contiguous)."""
     pa = _pa()
-    return pa.array(ns_to_datetime(ns), type=pa.timestamp("ns", tz="UTC"))
+    a = np.ascontiguousarray(ns).view(np.int64).view("datetime64[ns]")
+    return pa.array(a, type=pa.timestamp("ns", tz="UTC"))
 
 
-def _symbols_for(iids: np.ndarray, symbols: dict[int, str]) -> np.ndarray:
+def _symbols_for(iids: np.ndarray, symbols: dict[int, str]):
+    """Arrow string column of the symbols of ``iids`` (one vectorised take)."""
+    pa = _pa()
+    import pyarrow.compute as pc
+
     if len(iids) == 0:
-        return np.zeros(0, dtype=object)
+        return pa.array([], type=pa.string())
+    if not symbols:
+        return pa.nulls(len(iids), pa.string()).fill_null("")
     uniq, inv = np.unique(iids, return_inverse=True)
-    return np.array([symbols.get(int(u), "") for u in uniq], dtype=object)[inv]
+    names = pa.array([symbols.get(int(u), "") for u in uniq], type=pa.string())
+    return pc.take(names, pa.array(inv.astype(np.int32, copy=False)))
+
+
+_BYTE_TEXT = [chr(b) if 32 <= b < 127 else f"\\x{b:02x}" for b in range(256)]
+
+
+def _byte_column(codes: np.ndarray):
+    """One-letter strings for action/side bytes; a non-printable byte shows as ``\\xff``."""
+    pa = _pa()
+    import pyarrow.compute as pc
+
+    return pc.take(pa.array(_BYTE_TEXT, type=pa.string()),
+                   pa.array(np.ascontiguousarray(codes).view(np.uint8)))
+
+
+def _col(a: np.ndarray):
+    return _pa().array(np.ascontiguousarray(a))
 
 
 def _common_columns(rec: np.ndarray, index: np.ndarray, symbols: dict[int, str]) -> dict:
-    pa = _pa()
     return {
         "ts_recv": _ts(rec["ts_recv"]),
         "ts_event": _ts(rec["ts_event"]),
-        "record_index": pa.array(np.asarray(index, np.int64)),
-        "publisher_id": pa.array(rec["publisher_id"]),
-        "sequence": pa.array(rec["sequence"]),
-        "symbol": pa.array(_symbols_for(rec["instrument_id"], symbols), type=pa.string()),
+        "record_index": _col(np.asarray(index, np.int64)),
+        "instrument_id": _col(rec["instrument_id"]),
+        "publisher_id": _col(rec["publisher_id"]),
+        "sequence": _col(rec["sequence"]),
+        "symbol": _symbols_for(rec["instrument_id"], symbols),
     }
 
 
+def _float_px(px: np.ndarray) -> np.ndarray:
+    out = px.astype(np.float64)
+    out /= FIXED_PRICE_SCALE
+    out[px == UNDEF_PRICE] = np.nan
+    return out
+
+
 def _records_columns(rec: np.ndarray, first_index: int, symbols: dict[int, str]) -> dict:
-    pa = _pa()
     cols = _common_columns(rec, first_index + np.arange(len(rec), dtype=np.int64), symbols)
     cols.update({
-        "rtype": pa.array(rec["rtype"]),
-        "channel_id": pa.array(rec["channel_id"]),
-        "action": pa.array(rec["action"].astype("U1"), type=pa.string()),
-        "side": pa.array(rec["side"].astype("U1"), type=pa.string()),
-        "price": pa.array(px_to_float(rec["price"])),
-        "price_fixed": pa.array(rec["price"]),
-        "size": pa.array(rec["size"]),
-        "order_id": pa.array(rec["order_id"]),
-        "flags": pa.array(rec["flags"]),
-        "ts_in_delta": pa.array(rec["ts_in_delta"]),
+        "rtype": _col(rec["rtype"]),
+        "channel_id": _col(rec["channel_id"]),
+        "action": _byte_column(rec["action"]),
+        "side": _byte_column(rec["side"]),
+        "price": _col(_float_px(rec["price"])),
+        "price_fixed": _col(rec["price"]),
+        "size": _col(rec["size"]),
+        "order_id": _col(rec["order_id"]),
+        "flags": _col(rec["flags"]),
+        "ts_in_delta": _col(rec["ts_in_delta"]),
     })
     return cols
 
 
 def _trades_columns(rec: np.ndarray, index: np.ndarray, symbols: dict[int, str]) -> dict:
-    pa = _pa()
     cols = _common_columns(rec, index, symbols)
     cols.update({
-        "price": pa.array(px_to_float(rec["price"])),
-        "price_fixed": pa.array(rec["price"]),
-        "size": pa.array(rec["size"]),
-        "side": pa.array(rec["side"].astype("U1"), type=pa.string()),
-        "order_id": pa.array(rec["order_id"]),
-        "flags": pa.array(rec["flags"]),
+        "price": _col(_float_px(rec["price"])),
+        "price_fixed": _col(rec["price"]),
+        "size": _col(rec["size"]),
+        "side": _byte_column(rec["side"]),
+        "order_id": _col(rec["order_id"]),
+        "flags": _col(rec["flags"]),
     })
     return cols
 
 
-def _book_columns(fr: BookFrames, rows: np.ndarray, rec: np.ndarray, levels: int,
-                  symbols: dict[int, str], ts_bin: np.ndarray | None = None) -> dict:
-    """Columns of book states ``rows`` of ``fr`` (their F_LAST records are ``rec``)."""
-    pa = _pa()
-    cols = _common_columns(rec, fr.index[rows], symbols)
+def book_columns(fr: BookFrames, rows: np.ndarray | None, rec: np.ndarray, levels: int,
+                 symbols: dict[int, str], *, fixed: bool = True,
+                 ts_bin: np.ndarray | None = None) -> dict:
+    """Arrow columns of book states ``rows`` of ``fr`` (all when None), whose F_LAST
+    records are ``rec``: Databento MBP naming, float prices (NaN = empty level), sizes and
+    counts; with ``fixed`` also ``<side>_px_<k>_fixed`` (exact int64, 1e-9)."""
+    cols = _common_columns(rec, fr.index if rows is None else fr.index[rows], symbols)
     if ts_bin is not None:
         cols["ts_bin"] = _ts(ts_bin)
-    sides = (("bid", fr.bid_px, fr.bid_sz, fr.bid_ct), ("ask", fr.ask_px, fr.ask_sz, fr.ask_ct))
+
+    def pick(a: np.ndarray) -> np.ndarray:
+        a = a[:, :levels] if rows is None else a[rows, :levels]
+        return np.ascontiguousarray(a.T)  # one transpose: each level a contiguous column
+
+    sides = []
+    for side in ("bid", "ask"):
+        px = pick(getattr(fr, f"{side}_px"))
+        sides.append((side, px, _float_px(px), pick(getattr(fr, f"{side}_sz")),
+                      pick(getattr(fr, f"{side}_ct"))))
     for k in range(levels):
-        for side, px, _, _ in sides:
-            cols[f"{side}_px_{k:02d}"] = pa.array(px_to_float(px[rows, k]))
-        for side, _, sz, _ in sides:
-            cols[f"{side}_sz_{k:02d}"] = pa.array(np.ascontiguousarray(sz[rows, k]))
-        for side, _, _, ct in sides:
-            cols[f"{side}_ct_{k:02d}"] = pa.array(np.ascontiguousarray(ct[rows, k]))
-    for k in range(levels):
-        for side, px, _, _ in sides:
-            cols[f"{side}_px_{k:02d}_fixed"] = pa.array(np.ascontiguousarray(px[rows, k]))
-    cross = fr.cross[rows]
-    cols["crossed"] = pa.array(cross == CROSS_CROSSED)
-    cols["locked"] = pa.array(cross == CROSS_LOCKED)
+        for side, _, pxf, _, _ in sides:
+            cols[f"{side}_px_{k:02d}"] = _col(pxf[k])
+        for side, _, _, sz, _ in sides:
+            cols[f"{side}_sz_{k:02d}"] = _col(sz[k])
+        for side, _, _, _, ct in sides:
+            cols[f"{side}_ct_{k:02d}"] = _col(ct[k])
+    if fixed:
+        for k in range(levels):
+            for side, px, _, _, _ in sides:
+                cols[f"{side}_px_{k:02d}_fixed"] = _col(px[k])
+    cross = fr.cross if rows is None else fr.cross[rows]
+    cols["crossed"] = _col(cross == CROSS_CROSSED)
+    cols["locked"] = _col(cross == CROSS_LOCKED)
     return cols
 
 
-# --------------------------------------------------------------------------- staging
+# --------------------------------------------------------------------------- manifest
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+def _manifest_path(out: Path) -> Path:
+    return out / MANIFEST
+
+
+def _read_manifest(out: Path) -> dict | None:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    at_fdcwd, rename_exchange = -100, 2
-    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+        text = _manifest_path(out).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read the store manifest {_manifest_path(out)}: "
+                         f"{exc.strerror}") from None
+    try:
+        m = json.loads(text)
+        if m.get("format") != _FORMAT_VERSION:
+            raise ValueError(f"format {m.get('format')!r}")
+    except (ValueError, AttributeError) as exc:
+        raise StoreError(f"{_manifest_path(out)} is not an mbo_lab store manifest ({exc}); "
+                         "export into another folder.") from None
+    return m
 
 
-def _replace_dir(new: Path, final: Path, trash: Path) -> None:
-    """Put directory ``new`` at ``final``, replacing what is there, never half-written."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if not final.exists():
-        try:
-            os.rename(new, final)
-            return
-        except OSError:
-            if not final.exists():
-                raise
-    if _exchange(new, final):
-        shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old content
+def _new_manifest() -> dict:
+    return {"format": _FORMAT_VERSION, "generation": 0, "sources": {}}
+
+
+def _write_manifest(out: Path, m: dict) -> None:
+    path = _manifest_path(out)
+    tmp = out / f".{MANIFEST}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(m, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(out)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # pragma: no cover
         return
-    os.rename(final, trash)
-    os.rename(new, final)
-    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Exclusive lock of the store (commits queue; readers never lock)."""
+    import fcntl
+
+    fd = os.open(out / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _crash_point(step: str) -> None:
+    """Test hook: ``MBO_LAB_TEST_STORE_CRASH_AT=<step>`` kills the process (SIGKILL) there."""
+    if os.environ.get(_CRASH_ENV) == step:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _listed(m: dict) -> set[str]:
+    out: set[str] = set()
+    for src in m["sources"].values():
+        for fs in src["files"].values():
+            out.update(fs)
+    return out
+
+
+def _gc(out: Path, m: dict) -> int:
+    """Remove part files that the manifest does not list (left by killed exports)."""
+    keep = _listed(m)
+    removed = 0
+    for table in TABLES:
+        tdir = out / table
+        if not tdir.is_dir():
+            continue
+        for f in tdir.glob("date=*/part-*.parquet"):
+            rel = f.relative_to(out).as_posix()
+            if rel not in keep and _PART_RE.match(f.name):
+                f.unlink(missing_ok=True)
+                removed += 1
+        _prune_empty(tdir)
+    return removed
+
+
+def _prune_empty(tdir: Path) -> None:
+    for d in tdir.glob("date=*"):
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only when empty
+    with contextlib.suppress(OSError):
+        tdir.rmdir()
+
+
+def _layout_conflict(m: dict | None, key: str, meta: dict[str, Any]) -> str | None:
+    if m is None or meta.get("levels") is None:
+        return None
+    for k, src in m["sources"].items():
+        old = src.get("mbp_layout")
+        if k == key or not old or not src["files"].get("mbp"):
+            continue
+        for f in ("levels", "grid"):
+            if old.get(f) != meta.get(f):
+                return (f"holds mbp with {f}={old.get(f)!r} (from {src['source']}), this "
+                        f"export has {f}={meta.get(f)!r}; one folder keeps one layout. "
+                        "Export into another out_dir or delete the folder first.")
+    return None
+
+
+def _legacy_check(out: Path) -> None:
+    if _manifest_path(out).exists():
+        return
+    for table in TABLES:
+        if (out / table).is_dir() and any((out / table).rglob("*.parquet")):
+            raise StoreError(
+                f"{out} holds Parquet files but no {MANIFEST} (written by an older mbo_lab or "
+                "another program); export into a new folder or delete that one first.")
+
+
+# --------------------------------------------------------------------------- staging
 
 
 def _clean_stale_staging(root: Path) -> None:
@@ -241,60 +574,65 @@ def _clean_stale_staging(root: Path) -> None:
 
 
 class _Staging:
-    """Parquet part files of one export, written under ``out_dir/.staging/<run>/``."""
+    """Parquet files of one export under ``out_dir/.staging/<run>/``, then the commit."""
 
-    def __init__(self, out_dir: Path, meta: dict[str, Any]):
+    def __init__(self, out_dir: Path, meta: dict[str, Any], key: str, source: str):
         self.out_dir = out_dir
         root = out_dir / _STAGING
         root.mkdir(parents=True, exist_ok=True)
         _clean_stale_staging(root)
+        self.run = f"{time.time_ns() // 1000:x}-{uuid.uuid4().hex[:8]}"
         self.dir = root / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.dir.mkdir()
         self.meta = meta
-        self.writers: dict[tuple[str, str, int], Any] = {}
-        self.part_no: dict[tuple[str, str, int], int] = {}
+        self.key = key
+        self.source = source
+        self.writers: dict[tuple[str, str], Any] = {}
+        self.part_no: dict[tuple[str, str], int] = {}
+        self.staged: list[tuple[str, str, Path]] = []  # (table, day, staged file)
         self.rows: dict[str, int] = {}
         self.schemas: dict[str, Any] = {}
+        self.committed = False
+        self.replaced = False
 
-    def _partition(self, table: str, day: str, iid: int) -> Path:
-        return Path(table) / f"date={day}" / f"instrument_id={iid}"
-
-    def write(self, table: str, columns: dict, day_ns: np.ndarray, iid: np.ndarray) -> None:
-        """Write rows, split into (UTC day, instrument) partitions."""
+    def write(self, table: str, columns: dict, ts_recv: np.ndarray) -> None:
+        """Write rows into the file of their UTC day, clustered by instrument."""
         pa = _pa()
         import pyarrow.parquet as pq
 
-        n = len(iid)
+        tbl = columns if isinstance(columns, pa.Table) else pa.table(columns)
+        n = tbl.num_rows
         if n == 0:
             return
-        tbl = pa.table(columns)
         if table not in self.schemas:
             meta = dict(self.meta, table=table)
             self.schemas[table] = tbl.schema.with_metadata(
                 {"mbo_lab": json.dumps(meta, default=str)})
         schema = self.schemas[table]
-        day = (np.asarray(day_ns, np.uint64) // np.uint64(_NS_PER_DAY)).astype(np.int64)
-        key = (day << 32) | np.asarray(iid, np.int64)
-        order = np.argsort(key, kind="stable")
-        sk = key[order]
-        bounds = np.concatenate(([0], np.flatnonzero(np.diff(sk)) + 1, [n]))
-        tbl = tbl.take(pa.array(order))
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            k = int(sk[lo])
-            d = str(np.datetime64(k >> 32, "D"))
-            i = k & 0xFFFFFFFF
-            wkey = (table, d, i)
+        day = (np.asarray(ts_recv, np.uint64) // np.uint64(_NS_PER_DAY)).astype(np.int64)
+        iid = tbl.column("instrument_id").to_numpy().astype(np.int64)
+        key = (day << 32) | iid
+        if len(key) > 1 and not (key[1:] >= key[:-1]).all():
+            order = np.argsort(key, kind="stable")  # by day, instrument; source order kept
+            key = key[order]
+            tbl = tbl.take(pa.array(order))
+        days = key >> 32
+        bounds = np.concatenate(([0], np.flatnonzero(np.diff(days)) + 1, [n]))
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            d = str(np.datetime64(int(days[lo]), "D"))
+            wkey = (table, d)
             writer = self.writers.get(wkey)
             if writer is None:
                 if len(self.writers) >= _MAX_OPEN_WRITERS:
                     self._close_writers()
                 no = self.part_no.get(wkey, 0)
                 self.part_no[wkey] = no + 1
-                path = self.dir / self._partition(table, d, i) / f"part-{no:05d}.parquet"
+                path = self.dir / table / f"date={d}" / f"{no:05d}.parquet"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                writer = pq.ParquetWriter(path, schema, compression="zstd")
+                writer = pq.ParquetWriter(path, schema, **STORE_PARQUET)
                 self.writers[wkey] = writer
-            writer.write_table(tbl.slice(int(lo), int(hi - lo)))
+                self.staged.append((table, d, path))
+            writer.write_table(tbl.slice(lo, hi - lo), row_group_size=ROW_GROUP_ROWS)
         self.rows[table] = self.rows.get(table, 0) + n
 
     def _close_writers(self) -> None:
@@ -302,25 +640,67 @@ class _Staging:
             w.close()
         self.writers.clear()
 
-    def commit(self) -> dict[str, list[str]]:
-        """Swap every staged partition into place; returns table -> partition paths."""
+    def commit(self, tables_written: Sequence[str], summary: dict[str, Any]
+               ) -> dict[str, list[str]]:
+        """Move the staged files into place and switch the manifest (one atomic step)."""
         self._close_writers()
-        done: dict[str, list[str]] = {}
-        for table, d, i in sorted(self.part_no):
-            rel = self._partition(table, d, i)
-            trash = self.dir / "_old" / rel
-            trash.parent.mkdir(parents=True, exist_ok=True)
-            _replace_dir(self.dir / rel, self.out_dir / rel, trash)
-            done.setdefault(table, []).append(str(self.out_dir / rel))
+        out = self.out_dir
+        _crash_point("before-lock")
+        with _locked(out):
+            m = _read_manifest(out)
+            if m is None:
+                _legacy_check(out)
+                m = _new_manifest()
+            conflict = _layout_conflict(m, self.key, self.meta)
+            if conflict:
+                raise StoreError(f"{out} {conflict}")
+            _gc(out, m)
+            gen = int(m["generation"]) + 1
+            files: dict[str, list[str]] = {t: [] for t in tables_written}
+            seq: dict[str, int] = {}
+            for i, (table, d, staged) in enumerate(self.staged):
+                n = seq.get(table, 0)
+                seq[table] = n + 1
+                rel = f"{table}/date={d}/part-{gen:x}-{self.run.split('-')[1]}-{n:05d}.parquet"
+                dest = out / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(staged, dest)
+                files.setdefault(table, []).append(rel)
+                if i == 0:
+                    _crash_point("moving")
+            _crash_point("before-manifest")
+            old = m["sources"].get(self.key)
+            self.replaced = old is not None
+            m["generation"] = gen
+            m["sources"][self.key] = {
+                "source": self.source,
+                "generation": gen,
+                "written": pd.Timestamp.now(tz="UTC").isoformat(),
+                "records": summary.get("records"),
+                "mbp_layout": ({"levels": self.meta["levels"], "grid": self.meta["grid"]}
+                               if "mbp" in tables_written else None),
+                "rows": {t: self.rows.get(t, 0) for t in tables_written},
+                "files": files,
+            }
+            _write_manifest(out, m)  # <- the switch
+            self.committed = True
+            _crash_point("after-manifest")
+            if old is not None:
+                keep = _listed(m)
+                for fs in old["files"].values():
+                    for rel in fs:
+                        if rel not in keep:
+                            (out / rel).unlink(missing_ok=True)
+                for table in TABLES:
+                    if (out / table).is_dir():
+                        _prune_empty(out / table)
         shutil.rmtree(self.dir, ignore_errors=True)
-        return done
+        return {t: [str(out / r) for r in fs] for t, fs in files.items()}
 
     def abort(self) -> None:
         for w in self.writers.values():
-            try:
+            with contextlib.suppress(Exception):
                 w.close()
-            except Exception:  # pragma: no cover - best effort on the error path
-                pass
         self.writers.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -329,121 +709,81 @@ class _Staging:
 
 
 class _GridSampler:
-    """Last book state per (book, grid bin), carried across chunks.
+    """Last book state per (book, grid bin), carried across chunks (vectorised).
 
-    The last bin of each book in a chunk may go on in the next chunk, so it is held back
-    (``pending``) until a later state of that book falls into another bin, or the end.
+    The last bin of each book in a chunk may go on in the next chunk, so its row is held
+    back (``pending``, one row per book at most) until a later state of that book falls
+    into another bin, or the end.
     """
 
     def __init__(self, grid_ns: int):
         self.grid_ns = np.uint64(grid_ns)
-        #: book key -> (bin start ns, one-row columns, ts_recv ns, instrument_id)
-        self.pending: dict[int, tuple[int, dict, int, int]] = {}
+        self.pending = None  # arrow Table of held rows
+        self.p_key = np.zeros(0, np.int64)
+        self.p_bin = np.zeros(0, np.uint64)
+        self.p_ts = np.zeros(0, np.uint64)
 
-    def select(self, fr: BookFrames, rec: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                                 np.ndarray]:
-        """Rows of ``fr`` that are final last-per-bin states, the held-back rows, and the
-        bin start (ns) of every state."""
+    def step(self, fr: BookFrames, rec: np.ndarray, levels: int, symbols: dict[int, str]):
+        """Feed one chunk's states; returns ``(table, ts_recv)`` of the final rows."""
+        pa = _pa()
         bins = rec["ts_recv"] // self.grid_ns * self.grid_ns
         key = (rec["instrument_id"].astype(np.int64) << 16) | rec["publisher_id"]
         n = len(key)
-        if n == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), bins
-        order = np.argsort(key, kind="stable")
-        k, b = key[order], bins[order]
-        same_next = np.zeros(n, bool)
-        same_next[:-1] = (k[1:] == k[:-1]) & (b[1:] == b[:-1])
-        last_of_group = order[~same_next]
-        book_next = np.zeros(n, bool)
-        book_next[:-1] = k[1:] == k[:-1]
-        last_of_book = order[~book_next]
-        final = np.setdiff1d(last_of_group, last_of_book, assume_unique=True)
-        return np.sort(final), last_of_book, bins
+        if n:  # candidates: the last state of each (book, bin) run inside this chunk
+            order = np.argsort(key, kind="stable")
+            k, b = key[order], bins[order]
+            last = np.ones(n, bool)
+            last[:-1] = (k[1:] != k[:-1]) | (b[1:] != b[:-1])
+            cand = np.sort(order[last])
+        else:
+            cand = np.zeros(0, np.int64)
+        cols = book_columns(fr, cand, rec[cand], levels, symbols, ts_bin=bins[cand])
+        new = pa.table(cols)
+        all_tbl = new if self.pending is None else pa.concat_tables([self.pending, new])
+        ck = np.concatenate([self.p_key, key[cand]])
+        cb = np.concatenate([self.p_bin, bins[cand]])
+        cts = np.concatenate([self.p_ts, rec["ts_recv"][cand]])
+        m = len(ck)
+        if m == 0:
+            return None, None
+        order = np.argsort(ck, kind="stable")  # pending rows precede the chunk's (time)
+        k, b = ck[order], cb[order]
+        last_group = np.ones(m, bool)
+        last_group[:-1] = (k[1:] != k[:-1]) | (b[1:] != b[:-1])
+        last_book = np.ones(m, bool)
+        last_book[:-1] = k[1:] != k[:-1]
+        emit = np.sort(order[last_group & ~last_book])
+        held = np.sort(order[last_book])
+        self.pending = all_tbl.take(pa.array(held)).combine_chunks()
+        self.p_key, self.p_bin, self.p_ts = ck[held], cb[held], cts[held]
+        if not len(emit):
+            return None, None
+        return all_tbl.take(pa.array(emit)), cts[emit]
 
-    def flush_superseded(self, rec: np.ndarray, bins: np.ndarray) -> list[tuple]:
-        """Pending rows whose book has a state in this chunk: emitted unless the chunk's
-        first state of that book is in the same bin (then it supersedes them)."""
-        if not self.pending or len(rec) == 0:
-            return []
-        key = (rec["instrument_id"].astype(np.int64) << 16) | rec["publisher_id"]
-        uk, first = np.unique(key, return_index=True)
-        out = []
-        for kk, f in zip(uk.tolist(), first.tolist()):
-            p = self.pending.pop(kk, None)
-            if p is not None and p[0] != int(bins[f]):
-                out.append(p)
-        return out
-
-
-def _concat_columns(parts: list[dict]) -> dict:
-    pa = _pa()
-    if len(parts) == 1:
-        return parts[0]
-    return {name: pa.concat_arrays([p[name] for p in parts]) for name in parts[0]}
-
-
-def _slice_columns(cols: dict, i: int) -> dict:
-    return {name: arr.slice(i, 1) for name, arr in cols.items()}
+    def flush(self):
+        if self.pending is None or self.pending.num_rows == 0:
+            return None, None
+        tbl, ts = self.pending, self.p_ts
+        self.pending = None
+        return tbl, ts
 
 
 # --------------------------------------------------------------------------- export
 
 
-def _chunks(source: Source, chunk_records: int) -> tuple[Iterator[MboData], int | None, str]:
-    if isinstance(source, (str, os.PathLike)):
-        p = Path(source)
-        total = None
-        with open(p, "rb") as fh:
-            compressed = fh.read(4) == b"\x28\xb5\x2f\xfd"
-        if not compressed:
-            from .io.dbn import load
-
-            total = len(load(p))
-        return iter_chunks(p, chunk_records, progress=False), total, str(p)
-    data = as_data(source)
-
-    def gen() -> Iterator[MboData]:
-        for lo in range(0, len(data), chunk_records):
-            yield data[lo: lo + chunk_records]
-
-    return gen(), len(data), data.path or "<memory>"
-
-
-def _check_existing(out_dir: Path, table: str, meta: dict[str, Any]) -> None:
-    """Refuse to mix MBP tables of different levels / grid in one folder."""
-    import pyarrow.parquet as pq
-
-    tdir = out_dir / table
-    if not tdir.is_dir():
-        return
-    for f in tdir.rglob("*.parquet"):
-        try:
-            old = json.loads(pq.read_schema(f).metadata.get(b"mbo_lab", b"{}"))
-        except Exception:  # unreadable or foreign file: leave the decision to the user
-            return
-        for k in ("levels", "grid"):
-            if k in old and old[k] != meta[k]:
-                raise StoreError(
-                    f"{tdir} holds {table} with {k}={old[k]!r}, this export has "
-                    f"{k}={meta[k]!r}; one folder keeps one layout. Export into another "
-                    f"out_dir or delete {tdir} first."
-                )
-        return
-
-
 def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
            grid: str | None = None, what: Sequence[str] = TABLES, *,
            engine: str | None = None, chunk_records: int | None = None,
-           symbols: dict[int, str] | None = None, progress: bool | None = None
-           ) -> dict[str, Any]:
-    """Replay ``source`` and write Parquet tables partitioned by UTC day and instrument.
+           symbols: dict[int, str] | None = None, progress: bool | None = None,
+           name: str | None = None) -> dict[str, Any]:
+    """Replay ``source`` and write Parquet tables partitioned by UTC day, in one atomic step.
 
     Parameters
     ----------
     source : path, MboData or MBO record array
         A ``.dbn``/``.dbn.zst`` file is streamed in chunks (memory bounded by the chunk
-        size); in-memory data is processed in chunks too.
-    out_dir : folder of the dataset (created); tables go to ``out_dir/<table>/``.
+        size, whatever the file size); in-memory data is processed in chunks too.
+    out_dir : folder of the store (created); tables go to ``out_dir/<table>/``.
     levels : int
         Levels per side of the ``mbp`` table (the ``bbo`` table always has one).
     grid : str, optional
@@ -455,12 +795,21 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
     symbols : ``{instrument_id: symbol}`` for the ``symbol`` column; default: the file's
         symbol mappings (a bare record array has none: empty strings).
     progress : tqdm bar; None shows it for sources of 2M records or more.
+    name : source key in the store (default: the file's resolved path, or ``"<memory>"``);
+        exporting the same key again replaces all that it wrote before.
 
     Returns
     -------
     dict
-        ``out_dir``, ``source``, ``records`` (count), ``levels``, ``grid``, ``seconds``,
-        ``tables``: ``{name: {"rows": n, "partitions": [paths]}}``, ``counters``.
+        ``out_dir``, ``source``, ``key``, ``replaced`` (True when an earlier export of the
+        same source was replaced), ``records`` (count), ``levels``, ``grid``, ``seconds``,
+        ``tables``: ``{name: {"rows": n, "partitions": [file paths]}}``, ``counters``.
+
+    Raises
+    ------
+    StoreError (bad arguments, another mbp layout in the folder), OutputError (the folder
+    cannot be written: read-only, full disk, a file), DataError (the input). On any error,
+    the store is left exactly as it was.
 
     Example
     -------
@@ -472,8 +821,8 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
     bad = [w for w in what if w not in TABLES]
     if bad or not what:
         raise StoreError(f"unknown table(s) {bad or what!r}; choose from {TABLES}")
-    if levels < 1:
-        raise StoreError(f"levels must be >= 1, got {levels}")
+    if not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise StoreError(f"levels must be an integer >= 1, got {levels!r}")
     grid_ns = None
     if grid is not None:
         try:
@@ -484,64 +833,83 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
         if grid_ns <= 0:
             raise StoreError(f"grid must be a positive duration, got {grid!r}")
     s = get_settings(engine=engine, chunk_records=chunk_records)
+    from .config import check_levels
+
+    check_levels(levels, s.chunk_records)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    stream = stream_source(source, s.chunk_records, name=name)  # input checked first
+    _check_output_dir(out)
     meta = {"format": _FORMAT_VERSION, "levels": levels if "mbp" in what else None,
             "grid": grid, "price_scale": 1_000_000_000}
-    if "mbp" in what:
-        _check_existing(out, "mbp", meta)
+    m0 = _read_manifest(out)
+    if m0 is None:
+        _legacy_check(out)
+    conflict = _layout_conflict(m0, stream.key, meta)
+    if conflict:
+        raise StoreError(f"{out} {conflict}")
     book_levels = levels if "mbp" in what else 1
     need_book = "bbo" in what or "mbp" in what
     eng = make_engine(s.engine, levels=book_levels, trades=False)
-    chunks, total, name = _chunks(source, s.chunk_records)
+    total = stream.total
     if progress is None:
         progress = total is None or total >= _PROGRESS_MIN_RECORDS
         if total is None and isinstance(source, (str, os.PathLike)):
             progress = Path(source).stat().st_size >= 64 << 20
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, unit="rec", unit_scale=True, desc=f"export {Path(name).name}",
-                   leave=False)
     sampler = _GridSampler(grid_ns) if grid_ns else None
-    stage = _Staging(out, meta)
+    try:
+        stage = _Staging(out, meta, stream.key, stream.name)
+    except OSError as exc:
+        raise _os_error(exc, out, "the store folder") from None
     t0 = time.perf_counter()
     n_records = 0
+    summary: dict[str, Any] = {}
     try:
-        for chunk in chunks:
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, unit="rec", unit_scale=True,
+                       desc=f"export {Path(stream.name).name}", leave=False)
+        for chunk in stream.chunks:
             recs = chunk.records
             base = chunk.first_index
-            symbols = chunk.symbols if symbols_arg is None else {**chunk.symbols,
-                                                                  **symbols_arg}
+            syms = chunk.symbols or stream.symbols
+            symbols = syms if symbols_arg is None else {**syms, **symbols_arg}
             n_records += len(recs)
             if "records" in what and len(recs):
-                stage.write("records", _records_columns(recs, base, symbols), recs["ts_recv"],
-                            recs["instrument_id"])
+                stage.write("records", _records_columns(recs, base, symbols), recs["ts_recv"])
             if "trades" in what and len(recs):
                 ti = np.flatnonzero(recs["action"].view(np.uint8) == ACTION_TRADE)
                 tr = recs[ti]
-                stage.write("trades", _trades_columns(tr, base + ti, symbols), tr["ts_recv"],
-                            tr["instrument_id"])
+                stage.write("trades", _trades_columns(tr, base + ti, symbols), tr["ts_recv"])
             if need_book and len(recs):
                 fr = eng.apply(recs, base_index=base)
                 local = fr.index - base
                 rec_l = recs[local]
-                allrows = np.arange(len(fr))
                 if "bbo" in what:
-                    stage.write("bbo", _book_columns(fr, allrows, rec_l, 1, symbols),
-                                rec_l["ts_recv"], rec_l["instrument_id"])
+                    stage.write("bbo", book_columns(fr, None, rec_l, 1, symbols),
+                                rec_l["ts_recv"])
                 if "mbp" in what and sampler is None:
-                    stage.write("mbp", _book_columns(fr, allrows, rec_l, levels, symbols),
-                                rec_l["ts_recv"], rec_l["instrument_id"])
+                    stage.write("mbp", book_columns(fr, None, rec_l, levels, symbols),
+                                rec_l["ts_recv"])
                 elif "mbp" in what:
-                    _write_grid(stage, sampler, fr, rec_l, levels, symbols)
+                    tbl, ts = sampler.step(fr, rec_l, levels, symbols)
+                    if tbl is not None:
+                        stage.write("mbp", tbl, ts)
+                del fr, rec_l
             if bar is not None:
                 bar.update(len(recs))
         if sampler is not None:
-            _write_pending(stage, list(sampler.pending.values()))
-            sampler.pending.clear()
-        partitions = stage.commit()
+            tbl, ts = sampler.flush()
+            if tbl is not None:
+                stage.write("mbp", tbl, ts)
+        summary["records"] = n_records
+        partitions = stage.commit(what, summary)
+    except OSError as exc:
+        stage.abort()
+        if stage.committed:
+            raise
+        raise _os_error(exc, out, "the store") from None
     except BaseException:
         stage.abort()
         raise
@@ -549,10 +917,13 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
         if bar is not None:
             bar.close()
     dt = time.perf_counter() - t0
-    log.info("exported %s records from %s to %s in %.2f s", f"{n_records:,}", name, out, dt)
+    log.info("exported %s records from %s to %s in %.2f s", f"{n_records:,}", stream.name,
+             out, dt)
     return {
         "out_dir": str(out),
-        "source": name,
+        "source": stream.name,
+        "key": stream.key,
+        "replaced": stage.replaced,
         "records": n_records,
         "levels": levels,
         "grid": grid,
@@ -563,58 +934,55 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
     }
 
 
-def _write_pending(stage: _Staging, rows: list[tuple[int, dict, int, int]]) -> None:
-    if not rows:
-        return
-    cols = _concat_columns([r[1] for r in rows])
-    ts = np.array([r[2] for r in rows], np.uint64)
-    iid = np.array([r[3] for r in rows], np.uint32)
-    stage.write("mbp", cols, ts, iid)
-
-
-def _write_grid(stage: _Staging, sampler: _GridSampler, fr: BookFrames, rec: np.ndarray,
-                levels: int, symbols: dict[int, str]) -> None:
-    final, held, bins = sampler.select(fr, rec)
-    _write_pending(stage, sampler.flush_superseded(rec, bins))
-    if len(final):
-        r = rec[final]
-        stage.write("mbp", _book_columns(fr, final, r, levels, symbols, ts_bin=bins[final]),
-                    r["ts_recv"], r["instrument_id"])
-    if len(held):
-        r = rec[held]
-        cols = _book_columns(fr, held, r, levels, symbols, ts_bin=bins[held])
-        for j in range(len(held)):
-            bk = (int(r["instrument_id"][j]) << 16) | int(r["publisher_id"][j])
-            sampler.pending[bk] = (int(bins[held[j]]), _slice_columns(cols, j),
-                                   int(r["ts_recv"][j]), int(r["instrument_id"][j]))
-
-
 # --------------------------------------------------------------------------- reading
 
 
 def tables(out_dir: str | os.PathLike) -> list[str]:
-    """Names of the tables present under ``out_dir``."""
+    """Names of the tables present under ``out_dir`` (per its manifest)."""
     out = Path(out_dir)
     if not out.is_dir():
         return []
-    return sorted(d.name for d in out.iterdir()
-                  if d.is_dir() and not d.name.startswith((".", "_"))
-                  and any(d.rglob("*.parquet")))
+    m = _read_manifest(out)
+    if m is None:  # a store of an older version: look at the folders
+        return sorted(d.name for d in out.iterdir()
+                      if d.is_dir() and not d.name.startswith((".", "_"))
+                      and any(d.rglob("*.parquet")))
+    return sorted({t for src in m["sources"].values() for t, fs in src["files"].items()
+                   if fs})
+
+
+def files(out_dir: str | os.PathLike, table: str) -> list[str]:
+    """Absolute paths of the current files of ``table`` (the manifest's list).
+
+    Pass them to other tools to read a store that may be written meanwhile, e.g.
+    ``duckdb.read_parquet(files(out, "bbo"), hive_partitioning=True)`` or
+    ``dask.dataframe.read_parquet(files(out, "bbo"))``.
+    """
+    out = Path(out_dir)
+    m = _read_manifest(out) if out.is_dir() else None
+    if m is None:
+        path = out / table
+        return sorted(str(p) for p in path.rglob("*.parquet")) if path.is_dir() else []
+    return sorted(str(out / rel) for src in m["sources"].values()
+                  for rel in src["files"].get(table, []))
 
 
 def _dataset(out_dir: str | os.PathLike, table: str):
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    path = Path(out_dir) / table
-    if not path.is_dir() or not any(path.rglob("*.parquet")):
+    paths = files(out_dir, table)
+    if not paths:
         raise StoreError(
             f"no table {table!r} under {out_dir} (tables there: {tables(out_dir) or 'none'}); "
             "write it with mbo_lab.store.export(source, out_dir, what=(...))"
         )
-    part = ds.partitioning(pa.schema([("date", pa.string()), ("instrument_id", pa.uint32())]),
-                           flavor="hive")
-    return ds.dataset(path, format="parquet", partitioning=part)
+    part = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+    base = str(Path(out_dir) / table)
+    if not _manifest_path(Path(out_dir)).exists():  # older layout with instrument folders
+        part = ds.partitioning(pa.schema([("date", pa.string()),
+                                          ("instrument_id", pa.uint32())]), flavor="hive")
+    return ds.dataset(paths, format="parquet", partitioning=part, partition_base_dir=base)
 
 
 def _day(value: Any) -> str:
@@ -632,12 +1000,14 @@ def _ts_scalar(value: Any):
     else:
         t = pd.Timestamp(value)
         ns = int((t if t.tzinfo else t.tz_localize("UTC")).value)
-    return pa.scalar(ns_to_datetime(np.array([ns], np.uint64))[0], type=pa.timestamp("ns", "UTC"))
+    return pa.scalar(ns, type=pa.int64()).cast(pa.timestamp("ns", "UTC"))
 
 
 def read(out_dir: str | os.PathLike, table: str, *, columns: Sequence[str] | None = None,
          start: Any = None, end: Any = None, **filters: Any) -> pd.DataFrame:
     """Read a table written by :func:`export` as a DataFrame indexed by ``ts_recv``.
+
+    Reads exactly the files the store's current manifest lists (never a half-done export).
 
     Parameters
     ----------
@@ -647,7 +1017,8 @@ def read(out_dir: str | os.PathLike, table: str, *, columns: Sequence[str] | Non
     start, end : keep rows with ``start <= ts_recv < end`` (ns integers or anything
         ``pandas.Timestamp`` accepts; naive values are UTC).
     **filters : column = value or column = list of values, e.g. ``instrument_id=1001``,
-        ``date="2025-01-02"``, ``side=["A", "B"]``. Partition keys prune files.
+        ``date="2025-01-02"``, ``side=["A", "B"]``. ``date`` prunes files; other filters
+        (``instrument_id``) skip row groups by their statistics.
 
     Returns
     -------
@@ -658,6 +1029,17 @@ def read(out_dir: str | os.PathLike, table: str, *, columns: Sequence[str] | Non
     -------
     >>> read("store", "trades", instrument_id=1001, start="2025-01-02 14:30").head()  # doctest: +SKIP
     """
+    for attempt in range(3):
+        try:
+            return _read(out_dir, table, columns, start, end, filters)
+        except FileNotFoundError:
+            if attempt == 2:  # pragma: no cover - a writer replaced files three times
+                raise StoreError(f"the store {out_dir} kept changing while it was read; "
+                                 "retry") from None
+    raise AssertionError  # pragma: no cover
+
+
+def _read(out_dir, table, columns, start, end, filters) -> pd.DataFrame:
     import pyarrow.dataset as ds
 
     dset = _dataset(out_dir, table)
@@ -667,10 +1049,10 @@ def read(out_dir: str | os.PathLike, table: str, *, columns: Sequence[str] | Non
         if name not in names:
             raise StoreError(f"{table} has no column {name!r}; columns: {names}")
         vals = value if isinstance(value, (list, tuple, set, np.ndarray, pd.Index)) else [value]
+        vals = list(vals)
         if name == "date":
             vals = [_day(v) for v in vals]
-        cond = ds.field(name).isin(list(vals)) if len(vals) != 1 else \
-            ds.field(name) == list(vals)[0]
+        cond = ds.field(name).isin(vals) if len(vals) != 1 else ds.field(name) == vals[0]
         expr = cond if expr is None else expr & cond
     if start is not None:
         c = ds.field("ts_recv") >= _ts_scalar(start)
@@ -691,12 +1073,27 @@ def read(out_dir: str | os.PathLike, table: str, *, columns: Sequence[str] | Non
     df = df.sort_values(sort, kind="stable")
     if columns is not None and "record_index" not in columns and "record_index" in df.columns:
         df = df.drop(columns="record_index")
+    if columns is not None:  # requested columns first, then date, instrument_id
+        df = df[["ts_recv"] + [c for c in dict.fromkeys([*columns, "date", "instrument_id"])
+                               if c in df.columns and c != "ts_recv"]]
     return df.set_index("ts_recv")
 
 
 def _ns(values: Any) -> np.ndarray:
     """Datetimes (tz-aware or naive UTC) back to uint64 ns since the epoch."""
     return pd.DatetimeIndex(values).as_unit("ns").asi8.view(np.uint64)
+
+
+def _text_bytes(values: Any) -> np.ndarray:
+    """One-letter strings (or ``\\xff`` escapes written by export) back to bytes."""
+    vals = pd.Series(np.asarray(values, dtype=object))
+    uniq = pd.unique(vals)
+    table = {}
+    for u in uniq:
+        u = str(u)
+        table[u] = (int(u[2:], 16) if len(u) == 4 and u.startswith("\\x")
+                    else ord(u) if len(u) == 1 else 0)
+    return vals.map(table).to_numpy(np.uint8).view("S1")
 
 
 def records_from_frame(df: pd.DataFrame) -> np.ndarray:
@@ -716,7 +1113,7 @@ def records_from_frame(df: pd.DataFrame) -> np.ndarray:
                  "ts_in_delta", "sequence"):
         out[name] = df[name].to_numpy()
     out["price"] = df["price_fixed"].to_numpy()
-    out["action"] = df["action"].to_numpy(dtype=str).astype("S1")
-    out["side"] = df["side"].to_numpy(dtype=str).astype("S1")
+    out["action"] = _text_bytes(df["action"])
+    out["side"] = _text_bytes(df["side"])
     assert out.dtype == MBO_DTYPE
     return out
