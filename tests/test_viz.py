@@ -26,7 +26,18 @@ from mbo_lab.viz import (
     PriceChart,
     StatsPanel,
 )
-from mbo_lab.viz._common import StickyRange, nice_ticks, price_decimals
+from mbo_lab.viz._common import (
+    StickyRange,
+    history_fallback,
+    js_key,
+    nice_ticks,
+    price_decimals,
+    price_ticks,
+    session_tick,
+    session_time_zone,
+    size_ticks,
+    time_ticks,
+)
 
 
 class FakeClock:
@@ -111,78 +122,173 @@ def test_helpers():
     assert r.fit(9.0, 12.0) and sc.min <= 9.0 and sc.max >= 12.0
 
 
+@pytest.mark.parametrize("tz", ["UTC", "America/Chicago", "Asia/Tokyo", "Asia/Kolkata"])
+@pytest.mark.parametrize("lo,width", [(1758749700.123, 900.0), (1758749700.0, 3.0),
+                                      (1758749000.0, 30_000.0), (1758749000.0, 0.2),
+                                      (1758700000.0, 3 * 86400.0)])
+def test_time_ticks_in_any_zone(tz, lo, width):
+    """Tick labels are made in Python in the chosen zone: 24-hour, never repeated, every
+    value has its label under the key JavaScript's String(number) gives."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    vals, labels = time_ticks(lo, lo + width, tz, n=5)
+    assert 1 <= len(vals) <= 6 and vals.dtype == np.float64
+    assert np.all((vals >= lo - 1e-6) & (vals <= lo + width + 1e-6))
+    assert [js_key(v) for v in vals] == list(labels)
+    texts = list(labels.values())
+    assert len(set(texts)) == len(texts), texts
+    zone = dt.UTC if tz == "UTC" else ZoneInfo(tz)
+    for v in vals:
+        local = dt.datetime.fromtimestamp(float(v), tz=dt.UTC).astimezone(zone)
+        text = labels[js_key(v)]
+        if ":" in text:  # HH:MM[:SS[.mmm]] of the local time, 24-hour clock
+            assert text.startswith(local.strftime("%H:%M")), (text, local)
+        else:
+            assert text == local.strftime("%b %d")
+
+
+def test_js_key_matches_javascript():
+    # JavaScript: String(1758749700) "1758749700", String(0.5) "0.5", String(1758749700.25)
+    assert js_key(1758749700.0) == "1758749700"
+    assert js_key(0.5) == "0.5" and js_key(1758749700.25) == "1758749700.25"
+
+
+def test_price_and_size_ticks():
+    vals, fmt = price_ticks(64.77, 64.96, 0.01, n=5)
+    assert fmt == ",.2f"
+    steps = np.round(vals / 0.01, 6)
+    np.testing.assert_allclose(steps, np.round(steps))  # multiples of the tick
+    assert len(set(f"{v:.2f}" for v in vals)) == len(vals) <= 6
+    vals, fmt = price_ticks(6000.0, 6000.75, 0.25)
+    np.testing.assert_allclose(vals, [6000.0, 6000.25, 6000.5, 6000.75])
+    assert fmt == ",.2f"
+    for hi in (0.3, 1, 3, 7, 40, 1234):
+        t = size_ticks(hi)
+        assert t[0] == 0 and np.all(t == np.round(t)) and t[-1] <= max(hi, 1)
+        assert len(t) >= 2 and len(set(t)) == len(t)
+
+
+def test_session_tick_time_zone_and_history_fallback(session, clx5):
+    assert session_tick(session) == 0.25  # synthetic ES book
+    assert session_time_zone(session) in ("UTC", "America/Chicago")
+    s = mbo_lab.open(clx5)
+    assert session_tick(s) == 0.01
+    assert session_time_zone(s) == "America/Chicago"  # GLBX.MDP3
+    s.seek(time="2025-09-24 21:50")
+    df = history_fallback(s, points=200, span_ns=10 * 60 * 10**9)
+    assert len(df) == 200 and str(df.index.tz) == "UTC"
+    assert df.index[-1].value == int(s.frame().ts_recv)
+    # the last point is the current BBO (computed from checkpoints, not from frames)
+    fr = s.frame()
+    assert df["bid"].iloc[-1] == fr.best_bid and df["ask"].iloc[-1] == fr.best_ask
+    # every point equals the session's own state at that time
+    for k in (0, 57, 133):
+        t = df.index[k]
+        f2 = s.seek(time=t)
+        assert df["bid"].iloc[k] == f2.best_bid or (np.isnan(df["bid"].iloc[k])
+                                                     and np.isnan(f2.best_bid))
+    tr = df.attrs["trades"]
+    assert list(tr.columns) == ["price", "size", "side", "record_index"]
+    if len(tr):
+        assert tr.index.min() >= df.index[0] and tr.index.max() <= df.index[-1]
+
+
 # ---------------------------------------------------------------------- ladder
-def test_ladder_arrays_are_float64_prices_and_sizes(session):
-    lad = Ladder(levels=10)
+def test_ladder_rows_at_the_tick_centred_on_the_touch(session):
+    lad = Ladder(21, tick=0.25)
     fr = frames(session, 1, step=200)[0]
     lad.update(fr)
-    x, y = lad.bars.x, lad.bars.y
-    assert x.dtype == np.float64 and y.dtype == np.float64
-    assert y.shape == (2, len(x)) == (2, 21)
-    assert np.all(np.diff(x) > 0)
-    # Each level of the frame that falls on the rows shows its size on its side.
-    for px, sz, row in ((fr.bid_px, fr.bid_sz, 0), (fr.ask_px, fr.ask_sz, 1)):
-        shown = 0
-        for p, s in zip(px, sz):
-            if not np.isfinite(p):
-                continue
-            k = np.flatnonzero(np.isclose(x, p))
-            if len(k):
-                assert y[row, k[0]] == s
-                shown += 1
-        assert shown >= 1
-    assert np.isclose(x, fr.best_bid).any() and np.isclose(x, fr.best_ask).any()
-    # Labels: "size (orders)" on rows with size, empty elsewhere.
-    k = int(np.flatnonzero(np.isclose(x, fr.best_bid))[0])
-    assert lad.labels.text[k] == f"{int(fr.bid_sz[0]):,} ({int(fr.bid_ct[0])})"
-    assert lad.labels.x.dtype == np.float64 and lad.labels.y.dtype == np.float64
-    assert all(t == "" for t, s in zip(lad.labels.text, y.sum(axis=0)) if s == 0)
+    t = lad.table(fr)
+    px = t["price"]
+    assert len(px) == 21 and np.allclose(np.diff(px), -0.25)  # highest first, one tick
+    # every level of the frame on the rows shows its size and order count on its side
+    for lp, ls, lc, side in ((fr.bid_px, fr.bid_sz, fr.bid_ct, "bid"),
+                             (fr.ask_px, fr.ask_sz, fr.ask_ct, "ask")):
+        for p, sz, ct in zip(lp, ls, lc):
+            k = np.flatnonzero(np.isclose(px, p))
+            if np.isfinite(p) and len(k):
+                assert t[f"{side}_sz"][k[0]] == sz and t[f"{side}_ct"][k[0]] == ct
+    # the touch is near the centre row, cumulative sizes grow away from it
+    kb = int(np.flatnonzero(np.isclose(px, fr.best_bid))[0])
+    ka = int(np.flatnonzero(np.isclose(px, fr.best_ask))[0])
+    assert ka < kb and abs((ka + kb) / 2 - 10) <= 1
+    assert t["bid_cum"][kb] == fr.bid_sz[0] and np.all(np.diff(t["bid_cum"][kb:]) >= 0)
+    assert t["ask_cum"][ka] == fr.ask_sz[0] and np.all(np.diff(t["ask_cum"][:ka + 1]) <= 0)
+    html_ = lad.widget.value
+    assert "mbo-dom" in html_ and f"{fr.best_bid:,.2f}" in html_
+    assert html_.count("<tr") == 22  # header + 21 rows
 
 
-def test_ladder_assigns_new_arrays_each_update(session):
-    lad = Ladder()
-    f1, f2 = frames(session, 2, step=50)
-    lad.update(f1)
-    x1, y1, t1 = lad.bars.x, lad.bars.y, lad.labels.text
-    lad.update(f2)
-    assert lad.bars.x is not x1 and lad.bars.y is not y1 and lad.labels.text is not t1
+def test_ladder_crossed_clx5_is_not_blank(clx5):
+    """CLX5 pre-open states are crossed: the ladder keeps both sides and marks the rows."""
+    s = mbo_lab.open(clx5)
+    fr = s.seek(time="2025-09-24 21:50")
+    assert fr.crossed
+    lad = Ladder(21, tick=session_tick(s))
+    lad.update(fr)
+    t = lad.table(fr)
+    assert t["bid_sz"].sum() > 0 and t["ask_sz"].sum() > 0
+    kb = int(np.flatnonzero(np.isclose(t["price"], fr.best_bid))[0])
+    ka = int(np.flatnonzero(np.isclose(t["price"], fr.best_ask))[0])
+    assert kb < ka  # bid above ask
+    assert t["crossed"][kb:ka + 1].all() and t["crossed"].sum() == ka - kb + 1
+    assert "CROSSED" in lad.widget.value and "class='x" in lad.widget.value
+    assert np.allclose(np.diff(t["price"]), -0.01)
+
+
+def test_ladder_locked_row_and_last_trade(session):
+    lad = Ladder(11, tick=0.25)
+    fr = frames(session, 1, step=200)[0]
+    bid = fr.bid_px.copy()
+    bid[0] = fr.best_ask
+    locked = dataclasses.replace(fr, bid_px=bid, locked=True, crossed=False,
+                                 trades=[(fr.ts_recv, fr.best_ask, 7, "B")])
+    t = lad.table(locked)
+    k = int(np.flatnonzero(np.isclose(t["price"], fr.best_ask))[0])
+    assert t["locked"][k] and t["locked"].sum() == 1
+    assert t["trade"][k] == 7 and t["trade_side"][k] == "B"
+    lad.update(locked)
+    assert "class='l" in lad.widget.value or "class='x l" in lad.widget.value
+
+
+def test_ladder_uses_the_session_tick_on_a_tob_feed(session):
+    """A top-of-book book has one level per side: the tick comes from the session."""
+    tob = next(b for b in session.books if b[1] == 3) if any(
+        b[1] == 3 for b in session.books) else None
+    if tob is None:
+        pytest.skip("no top-of-book publisher in this synthetic stream")
+    session.select(*tob)
+    fr = session.step(50)
+    tick = session_tick(session)
+    lad = Ladder(21, tick=tick)
+    t = lad.table(fr)
+    np.testing.assert_allclose(np.diff(t["price"]), -tick)
 
 
 def test_ladder_rows_follow_the_touch_only_near_the_edge(session):
-    lad = Ladder(levels=10)
+    lad = Ladder(21, tick=0.25)
     fr = frames(session, 1, step=200)[0]
-    lad.update(fr)
-    rows = lad.bars.x.copy()
-    tick = lad.tick
-    # A small move of the touch keeps the rows.
-    small = dataclasses.replace(fr, bid_px=fr.bid_px + tick, ask_px=fr.ask_px + tick)
-    lad.update(small)
-    np.testing.assert_allclose(lad.bars.x, rows)
-    # A large move re-centres them.
-    big = dataclasses.replace(fr, bid_px=fr.bid_px + 30 * tick, ask_px=fr.ask_px + 30 * tick)
-    lad.update(big)
-    assert lad.bars.x[0] > rows[-1]
-    assert np.isclose(lad.bars.x, big.best_ask).any()
+    rows = lad.table(fr)["price"].copy()
+    small = dataclasses.replace(fr, bid_px=fr.bid_px + 0.25, ask_px=fr.ask_px + 0.25)
+    np.testing.assert_allclose(lad.table(small)["price"], rows)
+    big = dataclasses.replace(fr, bid_px=fr.bid_px + 30 * 0.25, ask_px=fr.ask_px + 30 * 0.25)
+    moved = lad.table(big)["price"]
+    assert moved[-1] > rows[0] and np.isclose(moved, big.best_ask).any()
 
 
-def test_ladder_tick_guess_is_replaced(session):
-    """One level gives no tick: the ladder guesses from the decimals, then learns it."""
-    assert session.instrument_id == 1002  # the synthetic ES book: tick 0.25
-    fr = frames(session, 1, step=100)[0]
-    nan = np.full_like(fr.bid_px, np.nan)
-    one = dataclasses.replace(fr, bid_px=nan, bid_sz=np.zeros_like(fr.bid_sz),
-                              ask_px=np.concatenate([fr.ask_px[:1], nan[1:]]))
-    lad = Ladder()
-    lad.update(one)
-    assert np.isclose(lad.bars.x, fr.best_ask).any()
-    lad.update(fr)
-    assert lad.tick == 0.25
-    np.testing.assert_allclose(np.diff(lad.bars.x), 0.25)
+def test_ladder_throttled_while_playing(session):
+    clock = FakeClock()
+    lad = Ladder(21, tick=0.25, max_hz=10.0, clock=clock)
+    for fr in frames(session, 60, step=3, playing=True):
+        clock.tick(1 / 60)
+        lad.update(fr)
+    assert lad.renders <= 1 * 10 + 1
 
 
 # ---------------------------------------------------------------------- depth
 def test_depth_cumulative_float64(session):
-    dep = DepthChart(levels=10)
+    dep = DepthChart(levels=10, tick=0.25)
     fr = frames(session, 1, step=300)[0]
     dep.update(fr)
     x, y = dep.lines.x, dep.lines.y
@@ -196,9 +302,14 @@ def test_depth_cumulative_float64(session):
     x0 = dep.lines.x
     dep.update(frames(session, 1)[0])
     assert dep.lines.x is not x0
-    # the axis range is explicit and holds the data
     assert dep.x_scale.min <= x.min() and dep.x_scale.max >= x.max()
     assert dep.y_scale.min == 0.0 and dep.y_scale.max >= y.max()
+    # price ticks at multiples of the tick, integer size ticks, none repeated
+    pt = dep.price_axis.tick_values
+    np.testing.assert_allclose(pt / 0.25, np.round(pt / 0.25))
+    assert dep.price_axis.tick_format == ",.2f"
+    st = dep.size_axis.tick_values
+    assert np.all(st == np.round(st)) and len(set(st)) == len(st)
 
 
 def test_depth_empty_side(session):
@@ -211,63 +322,72 @@ def test_depth_empty_side(session):
 
 
 # ---------------------------------------------------------------------- price
-def test_price_lines_and_trades(session):
-    pc = PriceChart(window=50)
-    frs = frames(session, 80, step=5)
-    for fr in frs:
-        pc.update(fr)
-    x, y = pc.lines.x, pc.lines.y
-    assert len(x) == 50 and y.shape == (4, 50) and y.dtype == np.float64
-    assert x.dtype.kind == "M"
-    last = frs[-1]
-    assert x[-1] == np.datetime64(last.ts_recv, "ns")
-    bbo = last.bbo
-    np.testing.assert_allclose(y[:, -1], [bbo["bid_px"], bbo["ask_px"], bbo["mid"],
-                                          bbo["weighted_mid"]], equal_nan=True)
-    # trades: float64 prices/sizes, colours +1 buyer / -1 seller, all inside the window
-    tr = pc.trades
-    assert len(tr.y) > 0
-    assert tr.y.dtype == np.float64 and tr.size.dtype == np.float64
-    assert set(np.unique(tr.color)) <= {-1.0, 0.0, 1.0}
-    assert tr.x.min() >= x[0]
-    want = {(np.datetime64(t, "ns"), p, float(q)) for t, p, q, _ in last.trades
-            if np.datetime64(t, "ns") >= x[0]}
-    got = set(zip(tr.x, tr.y, tr.size))
-    assert want <= got
-    # the same frame again adds no trade twice
-    n = len(tr.y)
-    pc.update(last)
-    assert len(pc.trades.y) == n
-
-
-def test_price_resets_on_seek_back_and_book_change(session):
-    pc = PriceChart()
-    for fr in frames(session, 20, step=20):
-        pc.update(fr)
-    assert len(pc.lines.x) == 20
-    session.to_start()
+def test_price_history_at_once_after_open_and_seek(session):
+    """The window is filled from the kernel at once, lines and trades span the same
+    window, the axes never show a 0..1 (or 0-60) default."""
+    pc = PriceChart(session, points=200, span_ns=5 * 60 * 10**9, tick=0.25)
+    session.seek(index=20_000)
     pc.update(session.frame())
-    assert len(pc.lines.x) == 1
+    assert pc.history_loads == 1 and pc.bid_line.visible
+    x = pc.bid_line.x
+    assert x.dtype == np.float64 and len(x) >= 200
+    assert x[-1] == pytest.approx(session.frame().ts_recv / 1e9)
+    assert x[-1] - x[0] == pytest.approx(300.0, rel=1e-3) or x[0] == pytest.approx(
+        int(session.data.records["ts_recv"][0]) / 1e9, abs=1.0)
+    if pc.trades.visible:
+        assert pc.trades.x.min() >= x[0] - 1e-6 and pc.trades.x.max() <= x[-1] + 1e-6
+    assert pc.x_scale.min <= x[0] and pc.x_scale.max >= x[-1]
+    lo, hi = np.nanmin(pc.bid_line.y), np.nanmax(pc.ask_line.y)
+    assert pc.y_scale.min <= lo and pc.y_scale.max >= hi and pc.y_scale.min > 1.0
+    # y ticks at the tick with its decimals; time labels for every tick value, unique
+    yt = pc.price_axis.tick_values
+    np.testing.assert_allclose(yt / 0.25, np.round(yt / 0.25))
+    labels = pc.time_axis.tick_labels
+    assert [js_key(v) for v in pc.time_axis.tick_values] == list(labels)
+    assert len(set(labels.values())) == len(labels) >= 2
+    # a seek back reloads the window ending at the new position
+    session.seek(index=8_000)
+    pc.update(session.frame())
+    assert pc.history_loads == 2
+    assert pc.bid_line.x[-1] == pytest.approx(session.frame().ts_recv / 1e9)
+
+
+def test_price_appends_while_playing_and_keeps_trades_once(session):
+    clock = FakeClock()
+    pc = PriceChart(session, points=100, span_ns=60 * 10**9, clock=clock, max_hz=1000.0)
+    pc.update(session.frame())
+    n0 = pc.history_loads
+    frs = frames(session, 40, step=5, playing=True)
+    for fr in frs:
+        clock.tick(0.05)
+        pc.update(fr)
+    assert pc.history_loads == n0  # contiguous frames: no reload
+    assert pc.bid_line.x[-1] == pytest.approx(frs[-1].ts_recv / 1e9)
+    assert pc.bid_line.y[-1] == frs[-1].best_bid
+    seen = [tuple(r) for r in pc._tr]
+    assert len(seen) == len(set(seen))  # no trade twice
+    pc.update(frs[-1])
+    assert len(pc._tr) == len(seen)
+    assert len(pc.bid_line.x) <= 100 + 45
+
+
+def test_price_time_zone_changes_labels_not_values(session):
+    pc = PriceChart(session, tz="UTC")
+    pc.update(session.frame())
+    vals, labels = pc.time_axis.tick_values.copy(), dict(pc.time_axis.tick_labels)
+    pc.set_time_zone("Asia/Tokyo")
+    assert pc.time_axis.label == "time (Asia/Tokyo)"
+    np.testing.assert_allclose(pc.time_axis.tick_values, vals)
+    assert pc.time_axis.tick_labels != labels  # +9 h
+
+
+def test_price_resets_on_book_change(session):
+    pc = PriceChart(session)
+    pc.update(session.frame())
     other = next(b for b in session.books if b != (session.instrument_id, session.publisher_id))
     session.select(*other)
-    session.step(50)
     pc.update(session.frame())
-    assert len(pc.lines.x) == 1
-
-
-def test_price_trades_throttled_while_playing(session):
-    clock = FakeClock()
-    pc = PriceChart(trades_hz=5.0, clock=clock)
-    frs = frames(session, 40, step=10, playing=True)
-    sent = 0
-    last = None
-    for fr in frs:
-        pc.update(fr)
-        if pc.trades.y is not last:
-            sent += 1
-            last = pc.trades.y
-        clock.tick(0.01)  # 100 frames/s of wall time
-    assert sent <= 3  # 0.4 s at 5 Hz (+ the first)
+    assert pc.history_loads == 2 and pc._key == other
 
 
 # ---------------------------------------------------------------------- heatmap
@@ -401,13 +521,22 @@ def test_controls_errors_go_to_on_error(session):
 
 
 # ---------------------------------------------------------------------- inspector, stats
-def test_inspector_shows_record_and_effect(session):
+def test_inspector_shows_the_books_record_or_labels_another(session):
     ins = Inspector()
     fr = frames(session, 1, step=30)[0]
-    ins.update(fr)
+    mine = dict(fr.record, instrument_id=fr.instrument_id, publisher_id=fr.publisher_id)
+    ins.update(dataclasses.replace(fr, record=mine))
     v = ins.widget.value
-    assert str(fr.record["order_id"]) in v and "Effect" in v
-    assert fr.effect.split(":")[0] in v
+    assert "Last record of this book" in v and str(mine["order_id"]) in v and "Effect" in v
+    other = dict(fr.record, instrument_id=fr.instrument_id + 1)
+    ins.update(dataclasses.replace(fr, record=other))
+    v = ins.widget.value
+    assert "another book" in v and f"{fr.instrument_id + 1}@" in v
+    # with frame.book_record (contract B) the book's own record is shown
+    fr2 = dataclasses.replace(fr, record=other)
+    fr2.book_record = mine
+    ins.update(fr2)
+    assert "Last record of this book" in ins.widget.value
 
 
 def test_inspector_throttled_while_playing(session):
@@ -424,8 +553,9 @@ def test_inspector_throttled_while_playing(session):
     assert ins.widget.value != v0
 
 
-def test_stats_counts_levels_and_crossed_flag(session):
-    st = StatsPanel(session)
+def test_stats_counts_levels_crossed_flag_and_paused_fps(session):
+    clock = FakeClock()
+    st = StatsPanel(session, clock=clock)
     fr = frames(session, 1, step=300)[0]
     st.update(fr)
     v = st.widget.value
@@ -433,19 +563,41 @@ def test_stats_counts_levels_and_crossed_flag(session):
     assert f"{len(session):,}" in v and f"{fr.position:,}" in v
     assert f"{stats['bid_levels']:,} / {stats['ask_levels']:,}" in v
     assert f"{fr.live_orders:,}" in v and "CROSSED" not in v
-    assert "unknown cxl / mod" in v
+    assert "unknown cxl / mod" in v and "paused" in v and "fps" not in v
     st.update(crossed_frame(fr))
     assert "CROSSED" in st.widget.value
     vals = st.values(dataclasses.replace(fr, counters={**fr.counters, "unknown_cancel": 7}))
     assert vals["unknown_cancel"] == 7
+    for f in frames(session, 10, step=3, playing=True):
+        clock.tick(1 / 30)
+        st.update(f)
+    assert "fps" in st.widget.value and st.fps == pytest.approx(30.0, rel=0.05)
+    st.update(dataclasses.replace(fr, playing=False))
+    assert "paused" in st.widget.value and "fps" not in st.widget.value  # not stale
+
+
+def test_stats_time_zone(session):
+    st = StatsPanel(session, tz="Asia/Tokyo")
+    fr = session.frame()
+    st.update(fr)
+    import pandas as pd
+
+    want = pd.Timestamp(fr.ts_recv, tz="UTC").tz_convert("Asia/Tokyo").strftime("%H:%M:%S")
+    assert "time (Asia/Tokyo)" in st.widget.value and want in st.widget.value
 
 
 # ---------------------------------------------------------------------- dashboard
+def make_dash(session, **kw):
+    kw.setdefault("liquidity_map", False)
+    return Dashboard(session, **kw)
+
+
 def test_dashboard_one_callback_per_frame(session, monkeypatch):
     n_subs = len(session.clock.subscribers)
-    dash = Dashboard(session)
+    dash = make_dash(session)
     assert len(session.clock.subscribers) == n_subs + 1
     counts: dict[str, int] = {}
+
     def counting(part):
         orig, name = part.update, type(part).__name__
 
@@ -466,10 +618,26 @@ def test_dashboard_one_callback_per_frame(session, monkeypatch):
     assert counts == {type(p).__name__: 1 for p in dash.parts}
 
 
+def test_dashboard_rerun_replaces_the_old_one(session):
+    """A re-run cell makes a new dashboard: the old one is unsubscribed and closed."""
+    from mbo_lab.viz.dashboard import live_dashboard
+
+    n_subs = len(session.clock.subscribers)
+    d1 = make_dash(session)
+    d2 = make_dash(session)
+    d3 = session.dashboard(liquidity_map=False)
+    assert d1.closed and d2.closed and not d3.closed
+    assert d1.comm is None and d2.ladder.widget.comm is None
+    assert len(session.clock.subscribers) == n_subs + 1
+    assert live_dashboard(session) is d3
+    d3.close()
+    assert live_dashboard(session) is None and len(session.clock.subscribers) == n_subs
+
+
 def test_dashboard_renders_at_most_fps_while_playing(session):
     clock = FakeClock()
     playing = frames(session, 60, step=3, playing=True)
-    dash = Dashboard(session, clock=clock)
+    dash = make_dash(session, clock=clock)
     assert dash.max_fps <= 30
     r0 = dash.frames_rendered
     for fr in playing:
@@ -478,15 +646,43 @@ def test_dashboard_renders_at_most_fps_while_playing(session):
     rendered = dash.frames_rendered - r0
     assert rendered <= 60 * 0.01 * dash.max_fps / 0.9 + 1
     assert dash.frames_dropped >= 60 - rendered
-    # paused frames are always drawn
     r1 = dash.frames_rendered
     dash._on_frame(dataclasses.replace(session.frame(), playing=False))
     assert dash.frames_rendered == r1 + 1
     dash.close()
 
 
+def test_dashboard_traffic_is_bounded(session, monkeypatch):
+    """30 frames/s of playback for 4 s of wall time: <= 100 widget messages/s and
+    <= 300 kB/s of state (JSON text + binary buffers) sent to the browser."""
+    import json
+
+    from ipywidgets import Widget
+
+    clock = FakeClock()
+    seconds = 4.0
+    playing = frames(session, int(30 * seconds), step=7, playing=True)
+    dash = make_dash(session, clock=clock)
+    sent = {"n": 0, "bytes": 0}
+
+    def count(self, msg, buffers=None):
+        sent["n"] += 1
+        sent["bytes"] += len(json.dumps(msg, default=str)) + sum(
+            memoryview(b).nbytes for b in (buffers or []))
+
+    monkeypatch.setattr(Widget, "_send", count)
+    for fr in playing:
+        clock.tick(1 / 30)
+        dash._on_frame(fr)
+    assert dash.frames_rendered >= 30 * seconds * 0.9
+    rate, bps = sent["n"] / seconds, sent["bytes"] / seconds
+    assert rate <= 100, f"{rate:.0f} messages/s"
+    assert bps <= 300_000, f"{bps / 1e3:.0f} kB/s"
+    dash.close()
+
+
 def test_dashboard_book_selector(session):
-    dash = Dashboard(session)
+    dash = make_dash(session)
     sel = dash.book_selector
     assert sel is not None
     assert [v for _, v in sel.options] == session.books
@@ -496,10 +692,9 @@ def test_dashboard_book_selector(session):
     assert (session.instrument_id, session.publisher_id) == other
     fr = session.frame()
     assert (fr.instrument_id, fr.publisher_id) == other
-    # the parts show the new book
-    assert len(dash.price.lines.x) == 1
+    # the time panels show the new book's history at once
+    assert dash.price._key == other and len(dash.price.bid_line.x) >= 2
     assert dash.errors == []
-    # a selection made on the session moves the dropdown
     session.select(*session.books[0])
     assert sel.value == session.books[0]
     dash.close()
@@ -509,13 +704,13 @@ def test_dashboard_single_book_has_no_selector():
     recs = mbo_lab.synth_records(5_000, seed=1)
     one = recs[(recs["instrument_id"] == 1001) & (recs["publisher_id"] == 1)]
     s = mbo_lab.open(one)
-    dash = Dashboard(s)
+    dash = make_dash(s)
     assert dash.book_selector is None
     dash.close()
 
 
 def test_dashboard_shows_errors_and_keeps_going(session, monkeypatch):
-    dash = Dashboard(session)
+    dash = make_dash(session)
 
     def boom(frame):
         raise ValueError("ladder exploded")
@@ -525,47 +720,114 @@ def test_dashboard_shows_errors_and_keeps_going(session, monkeypatch):
     session.step(3)
     assert "ladder exploded" in dash.error_area.value
     assert "Ladder" in dash.errors[-1]
-    assert dash.stats.updates == before + 1  # the other parts still updated
+    assert dash.stats.updates == before + 1
     dash.clear_errors()
     assert dash.error_area.value == ""
+    # a package error shows its message alone (no type name, no traceback)
+    dash.controls.slider.max = len(session) + 10
+    dash.controls.slider.value = len(session) + 5
+    assert dash.errors[-1].startswith("record index") and "Traceback" not in dash.errors[-1]
+    assert "MboLabError" not in dash.error_area.value
     dash.close()
 
 
 def test_dashboard_crossed_flag_shown(session):
-    dash = Dashboard(session)
+    dash = make_dash(session)
     fr = frames(session, 1, step=200)[0]
     dash._on_frame(crossed_frame(fr))
-    assert "CROSSED" in dash.stats.widget.value
+    assert "CROSSED" in dash.stats.widget.value and "CROSSED" in dash.ladder.widget.value
     assert dash.errors == []
     dash.close()
 
 
-def test_dashboard_sends_float64_prices_only(session):
-    dash = Dashboard(session)
+def test_dashboard_sends_float64_only_and_no_empty_marks(session):
+    dash = make_dash(session)
     for fr in frames(session, 20, step=25):
         dash._on_frame(fr)
     arrays = bqplot_arrays(dash)
     assert arrays
     bad = [(name, a.dtype) for name, a in arrays if a.dtype != np.float64]
     assert bad == []
+    # every visible mark has finite data (empty/NaN-only data made bqplot log d3 errors)
+    import bqplot as bq
+
+    for fig in (dash.price.widget, dash.depth.widget):
+        for m in fig.marks:
+            if m.visible:
+                assert len(m.x) >= 1 and np.isfinite(np.asarray(m.x, float)).any()
+                assert np.isfinite(np.asarray(m.y, float)).any()
+        for ax in fig.axes:
+            assert ax.tick_values is not None and len(ax.tick_values) >= 1
+        for sc in (m.scales["x"] for m in fig.marks):
+            assert isinstance(sc, bq.LinearScale) and sc.min < sc.max
+    dash.close()
+
+
+def test_dashboard_time_zone_choice(clx5):
+    s = mbo_lab.open(clx5)
+    dash = make_dash(s)
+    assert [v for _, v in dash.tz_choice.options] == ["UTC", "America/Chicago"]
+    assert dash.price.time_axis.label == "time (UTC)"
+    utc = dict(dash.price.time_axis.tick_labels)
+    dash.tz_choice.value = "America/Chicago"
+    assert dash.price.time_axis.label == "time (America/Chicago)"
+    assert "America/Chicago" in dash.stats.widget.value
+    chi = dash.price.time_axis.tick_labels
+    assert list(chi) == list(utc)  # same tick values
+    for k in utc:  # CDT = UTC - 5 h in September
+        h_utc, h_chi = int(utc[k][:2]), int(chi[k][:2])
+        assert (h_utc - h_chi) % 24 == 5
+    dash.close()
+
+
+def test_dashboard_static_view(clx5):
+    s = mbo_lab.open(clx5)
+    s.seek(time="2025-09-24 21:50")
+    dash = make_dash(s)
+    bundle = dash._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    h = bundle["text/html"]
+    assert "<svg" in h and "<polyline" in h and "CLX5" in h and "CROSSED" in h
+    fr = s.frame()
+    assert f"{fr.best_bid:.2f}" in h and f"{fr.best_ask:.2f}" in h
+    dash.close()
+
+
+def test_dashboard_flags_a_truncated_source(session, monkeypatch):
+    monkeypatch.setattr(session.data, "truncated", True, raising=False)  # MboData.truncated
+    dash = make_dash(session)
+    assert "TRUNCATED" in dash.title.value and "mbo-truncated" in dash.stats.widget.value
+    assert "TRUNCATED" in dash.static_html()
     dash.close()
 
 
 def test_session_dashboard_method(session):
-    dash = session.dashboard(levels=5)
+    dash = session.dashboard(levels=5, liquidity_map=False)
     assert isinstance(dash, Dashboard) and dash.levels == 5
-    assert len(dash.ladder.bars.x) == 11
+    assert dash.ladder.widget.value.count("<tr") == dash.ladder.n_rows + 1
+    dash.close()
+
+
+def test_dashboard_embeds_the_liquidity_map(session):
+    from mbo_lab.viz.dashboard import _liquidity_map_class
+
+    cls = _liquidity_map_class()
+    if cls is None:
+        pytest.skip("mbo_lab/viz/liquidity_map.py is not there yet (contract E)")
+    dash = Dashboard(session)
+    assert dash.map is not None and isinstance(dash.map, cls)
+    main = dash.children[4]
+    assert main.children[0].children[0] is dash.map  # the first, largest panel
     dash.close()
 
 
 def test_dashboard_follows_the_session_clock(session):
     """advance() drives the dashboard like the play task does (no event loop)."""
-    dash = Dashboard(session)
+    dash = make_dash(session)
     session.set_speed(100)
     r0 = dash.frames_rendered
     for _ in range(10):
         session.clock.last_publish = 0.0  # let every tick publish
         session.advance(0.05)
     assert dash.frames_rendered > r0
-    assert dash.controls.slider.value == session.record_index
     dash.close()

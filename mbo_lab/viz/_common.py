@@ -1,4 +1,6 @@
-"""Shared helpers of the dashboard parts: colours, figures, float64 arrays, throttling."""
+"""Shared helpers of the dashboard parts: colours, theme CSS, time zones and time/price
+ticks made in Python (never by the browser), figures, float64 arrays, throttling, and the
+session accessors with fallbacks until contract B lands (tick, time zone, history)."""
 
 from __future__ import annotations
 
@@ -86,7 +88,8 @@ def figure(marks: list, axes: list, *, title: str = "", height: str = "300px",
         marks=marks, axes=axes, title=title, animation_duration=0,
         fig_margin=margin or {"top": 30, "bottom": 38, "left": 66, "right": 15},
         layout=Layout(width=width, height=height, min_width="260px"),
-        legend_location="top-left", title_style={"font-size": "13px"},
+        legend_location="top-left", title_style={"font-size": "12px"},
+        background_style={"fill": "transparent"},
     )
     if css_class:
         fig.add_class(css_class)
@@ -209,3 +212,339 @@ class Part:
 
     def _repr_mimebundle_(self, **kw: Any):
         return self.widget._repr_mimebundle_(**kw)
+
+
+# ---------------------------------------------------------------------------- theme
+#: CSS of the dashboard: JupyterLab's theme variables (light and dark), transparent figures.
+THEME_CSS = """
+.mbo-dashboard { color: var(--jp-ui-font-color1, #222); font-size: 12px; }
+.mbo-dashboard .bqplot > svg, .mbo-dashboard .bqplot .svg-background,
+.mbo-liquidity-map .bqplot .svg-background { fill: transparent !important; background: transparent !important; }
+.mbo-dashboard .bqplot { background: transparent !important; }
+.mbo-dashboard .bqplot .axis text, .mbo-dashboard .bqplot .axislabel,
+.mbo-dashboard .bqplot .mainheading, .mbo-dashboard .bqplot text.mainheading {
+  fill: var(--jp-ui-font-color1, #222) !important; color: var(--jp-ui-font-color1, #222); }
+.mbo-dashboard .bqplot .axis path, .mbo-dashboard .bqplot .axis line {
+  stroke: var(--jp-border-color1, #999) !important; }
+.mbo-dashboard .bqplot .axis .tick line { stroke-opacity: 0.35; }
+.mbo-dashboard .mbo-muted { color: var(--jp-ui-font-color2, #566573); }
+.mbo-dashboard table.mbo-kv td:first-child { color: var(--jp-ui-font-color2, #566573); padding-right: 8px; }
+.mbo-dashboard table.mbo-kv td { font-family: var(--jp-code-font-family, monospace); padding: 0 2px; }
+.mbo-dashboard .mbo-flag-crossed { color: #fff; background: #c0392b; padding: 0 4px; font-weight: bold; }
+.mbo-dashboard .mbo-flag-locked { color: #fff; background: #d35400; padding: 0 4px; font-weight: bold; }
+.mbo-dashboard .mbo-flag-warn { color: #fff; background: #b9770e; padding: 0 4px; font-weight: bold; }
+.mbo-dashboard .mbo-errors-box { color: var(--jp-error-color1, #922b21);
+  background: var(--jp-error-color3, #fdedec); border: 1px solid var(--jp-error-color2, #e6b0aa);
+  padding: 2px 8px; font-size: 12px; }
+table.mbo-dom { border-collapse: collapse; width: 100%; table-layout: fixed;
+  font-family: var(--jp-code-font-family, monospace); font-size: 11.5px; line-height: 14px; }
+table.mbo-dom th { font-weight: normal; color: var(--jp-ui-font-color2, #566573);
+  border-bottom: 1px solid var(--jp-border-color2, #ccc); padding: 1px 3px; }
+table.mbo-dom td { padding: 0 4px; height: 14px; white-space: nowrap; overflow: hidden;
+  color: var(--jp-ui-font-color1, #222); }
+table.mbo-dom td.bc, table.mbo-dom td.bs { text-align: right; }
+table.mbo-dom td.ac, table.mbo-dom td.as { text-align: left; }
+table.mbo-dom td.p { text-align: center; color: var(--jp-ui-font-color1, #222);
+  background: var(--jp-layout-color2, #eee); }
+table.mbo-dom td.bs { background: linear-gradient(to left, rgba(30,132,73,.45) var(--w,0%), transparent var(--w,0%)); }
+table.mbo-dom td.as { background: linear-gradient(to right, rgba(192,57,43,.45) var(--w,0%), transparent var(--w,0%)); }
+table.mbo-dom td.bc, table.mbo-dom td.ac { color: var(--jp-ui-font-color2, #566573); }
+table.mbo-dom tr.bb td.p { background: rgba(30,132,73,.55); color: #fff; font-weight: bold; }
+table.mbo-dom tr.ba td.p { background: rgba(192,57,43,.55); color: #fff; font-weight: bold; }
+table.mbo-dom tr.x td { box-shadow: inset 0 0 0 9999px rgba(211,84,0,.18); }
+table.mbo-dom tr.x td.p { background: #d35400; color: #fff; font-weight: bold; }
+table.mbo-dom tr.l td.p { background: #b9770e; color: #fff; font-weight: bold; }
+table.mbo-dom td.t { text-align: left; font-weight: bold; }
+table.mbo-dom td.t.B { color: #27ae60; } table.mbo-dom td.t.A { color: #e74c3c; }
+.mbo-dom-head { font-size: 12px; margin-bottom: 2px; }
+"""
+
+
+def theme_style() -> str:
+    """The dashboard's ``<style>`` element (put once into the page by the dashboard)."""
+    return f"<style>{THEME_CSS}</style>"
+
+
+# ---------------------------------------------------------------------------- time zones
+#: Time zone of an exchange's data by dataset prefix (used when the session says nothing).
+EXCHANGE_ZONES = {"GLBX": "America/Chicago", "XCME": "America/Chicago", "XNYM": "America/Chicago",
+                  "IFEU": "Europe/London", "XEUR": "Europe/Berlin", "XNAS": "America/New_York",
+                  "XNYS": "America/New_York", "DBEQ": "America/New_York"}
+
+
+def session_time_zone(session: Any) -> str:
+    """The exchange's time zone of a session: ``session.time_zone`` (contract B) when set,
+    else guessed from the dataset (GLBX/CME -> America/Chicago), else "UTC"."""
+    tz = getattr(session, "time_zone", None)
+    if isinstance(tz, str) and tz:
+        return tz
+    data = getattr(session, "data", None)
+    ds = str(getattr(getattr(data, "metadata", None), "dataset", "") or "").upper()
+    for prefix, zone in EXCHANGE_ZONES.items():
+        if ds.startswith(prefix):
+            return zone
+    return "UTC"
+
+
+def _zone(tz: str):
+    from zoneinfo import ZoneInfo
+
+    return dt.UTC if tz in ("UTC", "utc", None) else ZoneInfo(tz)
+
+
+def utc_offset_s(tz: str, t_s: float) -> float:
+    """Offset of zone ``tz`` from UTC (seconds) at UTC time ``t_s`` (seconds since epoch)."""
+    if tz in ("UTC", "utc"):
+        return 0.0
+    z = _zone(tz)
+    off = dt.datetime.fromtimestamp(float(t_s), tz=dt.UTC).astimezone(z).utcoffset()
+    return off.total_seconds() if off is not None else 0.0
+
+
+def fmt_time(ns: int, tz: str = "UTC", fmt: str = "%Y-%m-%d %H:%M:%S.%f") -> str:
+    """A ns timestamp as text in zone ``tz`` (24-hour clock), "-" for 0."""
+    if not ns:
+        return "-"
+    t = dt.datetime.fromtimestamp(int(ns) // 1000 / 1e6, tz=dt.UTC).astimezone(_zone(tz))
+    return t.strftime(fmt)
+
+
+def zone_label(tz: str) -> str:
+    """Short label of a zone for axis titles, e.g. "UTC" or "America/Chicago"."""
+    return "UTC" if tz in ("UTC", "utc") else tz
+
+
+#: Time-axis steps (seconds): ms to a day.
+TIME_STEPS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30,
+              60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
+def js_key(v: float) -> str:
+    """How JavaScript's ``String(number)`` writes a float64 (keys of bqplot's
+    ``Axis.tick_labels``): the shortest round-trip digits, no trailing ``.0``."""
+    r = repr(float(v))
+    return r[:-2] if r.endswith(".0") else r
+
+
+def time_ticks(lo_s: float, hi_s: float, tz: str = "UTC", n: int = 5
+               ) -> tuple[np.ndarray, dict[str, str]]:
+    """Tick values (seconds since the epoch, float64) and their labels in zone ``tz``.
+
+    At most ``n + 1`` ticks at round steps of local time, 24-hour labels whose precision
+    follows the step (so no two labels repeat), the date added at local midnight. The
+    labels are made here, never by the browser, so they do not depend on its time zone.
+    """
+    if not (math.isfinite(lo_s) and math.isfinite(hi_s)) or hi_s <= lo_s:
+        return np.zeros(0), {}
+    span_s = hi_s - lo_s
+    step = next((s for s in TIME_STEPS if span_s / s <= n), TIME_STEPS[-1])
+    if span_s / step > n:
+        step = math.ceil(span_s / n / 86400) * 86400.0
+    off = utc_offset_s(tz, lo_s)
+    first = math.ceil((lo_s + off) / step - 1e-9) * step
+    local = np.arange(first, hi_s + off + step * 1e-9, step)
+    values = np.round(local - off, 6)
+    if step < 1:
+        fmt, cut = "%H:%M:%S.%f", 3
+    elif step < 60:
+        fmt, cut = "%H:%M:%S", 0
+    else:
+        fmt, cut = "%H:%M", 0
+    labels: dict[str, str] = {}
+    z = _zone(tz)
+    for v in values:
+        t = dt.datetime.fromtimestamp(float(v), tz=dt.UTC).astimezone(z)
+        s = t.strftime(fmt)
+        if cut:
+            s = s[:-cut]
+        if step >= 60 and t.hour == 0 and t.minute == 0:
+            s = t.strftime("%b %d")
+        labels[js_key(v)] = s
+    return values.astype(np.float64), labels
+
+
+# ---------------------------------------------------------------------------- price ticks
+def tick_decimals(tick: float) -> int:
+    """Decimals of a price increment (0.01 -> 2, 0.25 -> 2, 5 -> 0)."""
+    return price_decimals(np.array([tick], dtype=np.float64))
+
+
+def price_ticks(lo: float, hi: float, tick: float, n: int = 5) -> tuple[np.ndarray, str]:
+    """Tick values at multiples of the instrument's ``tick`` inside [lo, hi] (at most
+    ``n + 1``, never repeated) and the d3 format with the tick's decimals."""
+    dec = tick_decimals(tick) if tick and tick > 0 else price_decimals(np.array([lo, hi]))
+    fmt = f",.{dec}f"
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo or not tick or tick <= 0:
+        return np.zeros(0), fmt
+    step = tick
+    k = 0
+    while (hi - lo) / step > n:
+        step = tick * (1, 2, 5)[k % 3] * 10 ** (k // 3)
+        k += 1
+    first = math.ceil(lo / step - 1e-9)
+    last = math.floor(hi / step + 1e-9)
+    vals = np.round(np.arange(first, last + 1) * step, max(dec, 0) + 2)
+    return vals.astype(np.float64), fmt
+
+
+def size_ticks(hi: float, n: int = 4) -> np.ndarray:
+    """Integer tick values 0 .. >= hi at round steps (no repeated integer labels)."""
+    hi = max(1.0, float(hi) if math.isfinite(hi) else 1.0)
+    step = 1.0
+    k = 0
+    while hi / step > n:
+        step = float((1, 2, 5)[k % 3] * 10 ** (k // 3))
+        k += 1
+    return np.arange(0.0, hi + step * 1e-9, step, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------- session access
+def session_tick(session: Any) -> float | None:
+    """The selected book's price increment: ``session.tick`` (contract B) or, until the
+    session has it, the smallest positive gap between distinct prices of the book's
+    records (cached per session and book)."""
+    t = getattr(type(session), "tick", None)
+    if t is not None:
+        try:
+            v = float(session.tick)
+            if math.isfinite(v) and v > 0:
+                return v
+        except Exception:  # noqa: BLE001 - fall back to our own inference
+            pass
+    key = (id(session), getattr(session, "instrument_id", 0), getattr(session, "publisher_id", 0))
+    if key in _TICKS:
+        return _TICKS[key]
+    tick = _infer_tick_from_records(session)
+    _TICKS[key] = tick
+    return tick
+
+
+_TICKS: dict[tuple, float | None] = {}
+
+
+def _infer_tick_from_records(session: Any) -> float | None:
+    from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE
+
+    recs = session.data.records
+    m = ((recs["instrument_id"] == session.instrument_id)
+         & (recs["publisher_id"] == session.publisher_id))
+    px = recs["price"][m]
+    px = px[(px != UNDEF_PRICE) & (px > -UNDEF_PRICE)]
+    if len(px) > 2_000_000:
+        px = px[:: len(px) // 2_000_000 + 1]
+    u = np.unique(px)
+    if len(u) < 2:
+        return None
+    d = np.diff(u)
+    g = int(np.gcd.reduce(d[d > 0]))
+    return round(g / FIXED_PRICE_SCALE, 9) if g > 0 else None
+
+
+def frame_book_record(frame: Any) -> tuple[dict, bool]:
+    """(record to show, True if it belongs to the frame's book): ``frame.book_record``
+    (contract B) when present, else ``frame.record`` checked against the frame's book."""
+    rec = getattr(frame, "book_record", None)
+    if rec:
+        return rec, True
+    rec = frame.record or {}
+    own = (rec.get("instrument_id") == frame.instrument_id
+           and rec.get("publisher_id") == frame.publisher_id)
+    return rec, own
+
+
+def history(session: Any, points: int = 300, span_ns: int | None = None) -> Any:
+    """BBO path (``bid``, ``ask``, ``mid``; DatetimeIndex UTC on a regular grid) ending at
+    the session's position, trades of the same window in ``df.attrs["trades"]``.
+
+    Uses ``session.history`` (contract B) when the session has it, else
+    :func:`history_fallback` (the same, computed here from the session's checkpoints)."""
+    fn = getattr(session, "history", None)
+    if callable(fn):
+        return fn(points=points, span_ns=span_ns)
+    return history_fallback(session, points=points, span_ns=span_ns)
+
+
+def history_fallback(session: Any, points: int = 300, span_ns: int | None = None,
+                     max_trades: int = 5000) -> Any:
+    """:func:`history` from the session's checkpoints with a separate engine (the session's
+    own state is not touched). The window is ``span_ns`` (default: 15 minutes, cut at the
+    start of the data) ending at the current record."""
+    import pandas as pd
+
+    from ..book.engine import NumbaEngine
+    from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE
+
+    recs = session.data.records
+    ts = recs["ts_recv"]
+    pos = int(session.position)
+    t_end = int(ts[pos - 1])
+    span_ns = int(span_ns or 15 * 60 * 10**9)
+    t_start = max(int(ts[0]), t_end - span_ns)
+    i0 = int(np.searchsorted(ts, np.uint64(t_start), "left"))
+    cps = session._checkpoints
+    k = int(np.searchsorted([c.position for c in cps], i0, "right")) - 1
+    cp = cps[max(k, 0)]
+    eng = NumbaEngine(levels=1, state=cp.state.copy(), trades=False)
+    fr = eng.apply(recs[cp.position:pos], base_index=cp.position)
+    iid, pub = session.instrument_id, session.publisher_id
+    idx = fr.index
+    mine = (recs["instrument_id"][idx] == iid) & (recs["publisher_id"][idx] == pub)
+    idx = idx[mine]
+    bid = fr.bid_px[mine, 0].astype(np.float64)
+    ask = fr.ask_px[mine, 0].astype(np.float64)
+    bid[fr.bid_px[mine, 0] == UNDEF_PRICE] = np.nan
+    ask[fr.ask_px[mine, 0] == UNDEF_PRICE] = np.nan
+    bid /= FIXED_PRICE_SCALE
+    ask /= FIXED_PRICE_SCALE
+    st = ts[idx].astype(np.int64)
+    points = max(2, int(points))
+    grid = t_start + (np.arange(points, dtype=np.int64) * (t_end - t_start)) // (points - 1)
+    j = np.searchsorted(st, grid, "right") - 1
+    ok = j >= 0
+    gb = np.full(points, np.nan)
+    ga = np.full(points, np.nan)
+    gb[ok], ga[ok] = bid[j[ok]], ask[j[ok]]
+    mid = np.where(np.isfinite(gb) & np.isfinite(ga) & (gb < ga), (gb + ga) / 2, np.nan)
+    df = pd.DataFrame({"bid": gb, "ask": ga, "mid": mid},
+                      index=pd.DatetimeIndex(grid, tz="UTC", name="ts_recv"))
+    # trades of the book in the same window
+    tsel = np.flatnonzero(recs["action"][i0:pos] == b"T") + i0
+    tsel = tsel[(recs["instrument_id"][tsel] == iid) & (recs["publisher_id"][tsel] == pub)]
+    tr = recs[tsel]
+    trades = pd.DataFrame(
+        {"price": tr["price"].astype(np.float64) / FIXED_PRICE_SCALE,
+         "size": tr["size"].astype(np.int64),
+         "side": np.array([s.decode() for s in tr["side"]], dtype=object),
+         "record_index": tsel.astype(np.int64)},
+        index=pd.DatetimeIndex(tr["ts_recv"].astype(np.int64), tz="UTC", name="ts_recv"))
+    if len(trades) > max_trades:
+        keep = np.sort(np.argsort(-trades["size"].to_numpy(), kind="stable")[:max_trades])
+        trades = trades.iloc[keep]
+    df.attrs["trades"] = trades
+    return df
+
+
+def data_warnings(session: Any) -> list[str]:
+    """Problems of the session's source a user must see (e.g. a truncated file opened with
+    ``allow_truncated=True``), from the data's attributes when it has them."""
+    data = getattr(session, "data", None)
+    out: list[str] = []
+    tr = getattr(data, "truncated", None)
+    if tr:
+        out.append(tr if isinstance(tr, str) else
+                   "TRUNCATED file (opened with allow_truncated=True): the data ends at an "
+                   "incomplete record")
+    for w in getattr(data, "warnings", None) or ():
+        if "truncat" in str(w).lower() and str(w) not in out:
+            out.append(str(w))
+    return out
+
+
+def user_message(exc: BaseException) -> str:
+    """What a user sees of an error: the package's message alone for its own errors
+    (no traceback), ``Type: message`` for others."""
+    from ..errors import MboLabError
+
+    if isinstance(exc, MboLabError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"

@@ -1,22 +1,38 @@
-"""The dashboard: ladder, depth, price chart, heatmap, controls, inspector and stats of
-one replay session, redrawn from ONE session subscriber per frame."""
+"""The dashboard: liquidity map (when available), DOM ladder, price chart with trades,
+cumulative depth, controls, statistics and the selected book's last record of one replay
+session, redrawn from ONE session subscriber per frame."""
 
 from __future__ import annotations
 
 import html
+import inspect
 import logging
 import math
-import traceback
+import weakref
 from typing import Any
 
+import bqplot as bq
 import ipywidgets as W
+import numpy as np
 
-from ._common import Clock, now
+from ._common import (
+    ASK,
+    BID,
+    Clock,
+    data_warnings,
+    fmt_time,
+    now,
+    session_tick,
+    session_time_zone,
+    theme_style,
+    user_message,
+    zone_label,
+)
 from .controls import Controls
 from .depth import DepthChart
 from .heatmap import Heatmap
 from .inspector import Inspector
-from .ladder import Ladder
+from .ladder import Ladder, static_ladder
 from .price import PriceChart
 from .stats import StatsPanel
 
@@ -24,6 +40,25 @@ log = logging.getLogger(__name__)
 
 #: The dashboard never redraws faster than this, whatever the session's fps.
 MAX_FPS = 30.0
+
+#: The live dashboard of each session: a new one closes the previous one (a re-run cell
+#: must not leave the old dashboard subscribed).
+_LIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def live_dashboard(session: Any) -> Dashboard | None:
+    """The dashboard currently subscribed to ``session`` (None if closed or never made)."""
+    return _LIVE.get(session)
+
+
+def _liquidity_map_class() -> Any:
+    """``LiquidityMap`` (contract E) when ``viz/liquidity_map.py`` exists and imports."""
+    try:
+        from .liquidity_map import LiquidityMap
+    except Exception as exc:  # noqa: BLE001 - the map is optional until it lands
+        log.debug("no liquidity map: %s", exc)
+        return None
+    return LiquidityMap
 
 
 class Dashboard(W.VBox):
@@ -35,15 +70,24 @@ class Dashboard(W.VBox):
 
     The session's clock (in the kernel) plays; the dashboard subscribes to its frames and
     redraws every part in one callback, at most ``min(session fps, fps, 30)`` times a
-    second while playing (a paused session's frames are always drawn). A part that fails
-    does not stop the others: the error is shown in the dashboard's error area. When the
-    session holds several books a dropdown selects the one shown. :meth:`close`
-    unsubscribes (the session keeps its state and clock).
+    second while playing; each part has its own lower rate (ladder 20/s, depth 10/s,
+    price 5/s, stats 5/s, record 4/s) so the browser gets a bounded stream of messages.
+    A paused session's frames are always drawn. Time axes and times are shown in UTC or
+    in the exchange's time zone (``session.time_zone``), chosen in the header. A part that
+    fails does not stop the others: its message is shown in the error area. When the
+    session holds several books a dropdown selects the one shown. Making a new dashboard
+    on a session closes the previous one; :meth:`close` unsubscribes (the session keeps
+    its state and clock). Where widgets do not render (GitHub, nbconvert) the cell shows
+    a static HTML summary (ladder, BBO, a price sparkline).
     """
 
     def __init__(self, session: Any, levels: int = 10, *, fps: float | None = None,
-                 price_window: int = 300, heatmap_rows: int = 60, heatmap_cols: int = 200,
-                 heatmap_hz: float = 5.0, clock: Clock | None = None):
+                 rows: int = 21, span: Any = "15min", tz: str | None = None,
+                 liquidity_map: bool = True, heatmap: bool = False,
+                 clock: Clock | None = None, compact: bool = True, **_old: Any):
+        old = _LIVE.get(session)
+        if old is not None:
+            old.close()
         self.session = session
         self.levels = max(1, min(int(levels), int(session.levels)))
         self.clock = clock or now
@@ -54,50 +98,100 @@ class Dashboard(W.VBox):
         self.frames_rendered = 0
         self.frames_dropped = 0
         self.errors: list[str] = []
+        self.exchange_tz = session_time_zone(session)
+        self.tz = tz or "UTC"
+        import pandas as pd
 
-        self.ladder = Ladder(self.levels)
-        self.depth = DepthChart(self.levels)
-        self.price = PriceChart(price_window, clock=clock)
-        self.heatmap = Heatmap(heatmap_rows, heatmap_cols, heatmap_hz, clock=clock)
+        span_ns = int(pd.Timedelta(span).value)
+        tick = session_tick(session)
+        self.tick = tick
+
+        h_main, h_low = ("300px", "190px") if compact else ("420px", "260px")
+        self.ladder = Ladder(rows, tick=tick, clock=clock, height=h_main)
+        self.depth = DepthChart(self.levels, tick=tick, clock=clock, height=h_low)
+        self.price = PriceChart(session, span_ns=span_ns, tick=tick, tz=self.tz, clock=clock,
+                                height=h_low if liquidity_map and _liquidity_map_class()
+                                else h_main)
         self.controls = Controls(session, on_error=self.show_error, clock=clock)
-        self.inspector = Inspector(clock=clock)
-        self.stats = StatsPanel(session, clock=clock)
-        self.parts = [self.controls, self.ladder, self.depth, self.price, self.heatmap,
-                      self.stats, self.inspector]
+        self.inspector = Inspector(clock=clock, tz=self.tz, height=h_low)
+        self.stats = StatsPanel(session, clock=clock, tz=self.tz, height=h_low)
+        self.heatmap = (Heatmap(40, 120, 2.0, tick=tick, clock=clock, height="170px")
+                        if heatmap else None)
+        self.map = None
+        if liquidity_map:
+            cls = _liquidity_map_class()
+            if cls is not None:
+                try:
+                    kw: dict[str, Any] = {}
+                    params = inspect.signature(cls).parameters
+                    if "time_zone" in params:
+                        kw["time_zone"] = self.tz
+                    if "height" in params:
+                        kw["height"] = h_main
+                    self.map = cls(session, **kw)
+                except Exception as exc:  # noqa: BLE001 - the rest still works
+                    self.map = None
+                    self.errors.append(f"liquidity map: {user_message(exc)}")
+        self.parts = [p for p in (self.controls, self.ladder, self.depth, self.price,
+                                  self.heatmap, self.stats, self.inspector) if p is not None]
 
         self.title = W.HTML()
         self.error_area = W.HTML(layout=W.Layout(width="100%"))
         self.error_area.add_class("mbo-errors")
-        header: list[W.Widget] = [self.title]
+        self.tz_choice = W.ToggleButtons(
+            options=[("UTC", "UTC"), (f"exchange ({self.exchange_tz})", self.exchange_tz)]
+            if self.exchange_tz != "UTC" else [("UTC", "UTC")],
+            value=self.tz if self.tz in ("UTC", self.exchange_tz) else "UTC",
+            description="time", tooltips=["times in UTC", "times in the exchange's zone"],
+            style={"description_width": "32px", "button_width": "auto"},
+            layout=W.Layout(width="auto"))
+        self.tz_choice.add_class("mbo-tz")
+        self.tz_choice.observe(self._on_tz, "value")
+        header: list[W.Widget] = [self.title, self.tz_choice]
         self.book_selector: W.Dropdown | None = None
         if len(session.books) > 1:
             symbols = session.data.symbols
             opts = [(f"{symbols.get(i, '') or i} ({i}@{p})", (i, p)) for i, p in session.books]
             self.book_selector = W.Dropdown(
                 options=opts, value=(session.instrument_id, session.publisher_id),
-                description="book", layout=W.Layout(width="260px"),
+                description="book", layout=W.Layout(width="250px"),
                 style={"description_width": "36px"})
             self.book_selector.add_class("mbo-book")
             self.book_selector.observe(self._on_book, "value")
-            header.append(self.book_selector)
+            header.insert(1, self.book_selector)
 
-        side = W.VBox([self.stats.widget, self.inspector.widget],
-                      layout=W.Layout(width="30%", min_width="260px", padding="0 0 0 8px"))
+        tabs = W.Tab(children=[self.stats.widget, self.inspector.widget],
+                     layout=W.Layout(width="32%", min_width="250px"))
+        tabs.titles = ("Stats", "Record")
+        tabs.add_class("mbo-side")
+        ladder_box = W.Box([self.ladder.widget],
+                           layout=W.Layout(width="360px", min_width="300px", flex="0 0 auto"))
+        first = self.map if self.map is not None else self.price.widget
+        main = W.HBox([W.Box([first], layout=W.Layout(flex="1 1 auto", min_width="300px")),
+                       ladder_box], layout=W.Layout(width="100%"))
+        low: list[W.Widget] = []
+        if self.map is not None:
+            low.append(W.Box([self.price.widget], layout=W.Layout(width="38%")))
+        if self.heatmap is not None:
+            low.append(W.Box([self.heatmap.widget], layout=W.Layout(width="30%")))
+        low += [W.Box([self.depth.widget], layout=W.Layout(flex="1 1 auto", min_width="220px")),
+                tabs]
+        self.style_html = W.HTML(theme_style(), layout=W.Layout(height="0px", margin="0"))
         super().__init__(
             children=[
-                W.HBox(header, layout=W.Layout(align_items="center")),
+                self.style_html,
+                W.HBox(header, layout=W.Layout(align_items="center", flex_flow="row wrap")),
                 self.controls.widget,
                 self.error_area,
-                W.HBox([W.Box([self.ladder.widget], layout=W.Layout(width="35%")),
-                        W.Box([self.depth.widget], layout=W.Layout(width="35%")), side],
-                       layout=W.Layout(width="100%")),
-                W.HBox([W.Box([self.price.widget], layout=W.Layout(width="55%")),
-                        W.Box([self.heatmap.widget], layout=W.Layout(width="45%"))],
-                       layout=W.Layout(width="100%")),
+                main,
+                W.HBox(low, layout=W.Layout(width="100%")),
             ],
-            layout=W.Layout(width="100%"))
+            layout=W.Layout(width="100%", max_width="1600px"))
         self.add_class("mbo-dashboard")
+        if self.errors:
+            self._show_errors()
         self._unsubscribe = session.subscribe(self._on_frame)
+        _LIVE[session] = self
         self._render(session.frame())
 
     # ------------------------------------------------------------------ frames
@@ -111,45 +205,64 @@ class Dashboard(W.VBox):
 
     def _render(self, frame: Any) -> None:
         self._last_render = self.clock()
-        with self.hold_sync():
-            self._title(frame)
-            if self.book_selector is not None:
-                key = (frame.instrument_id, frame.publisher_id)
-                if self.book_selector.value != key:
-                    self.book_selector.unobserve(self._on_book, "value")
-                    try:
-                        self.book_selector.value = key
-                    finally:
-                        self.book_selector.observe(self._on_book, "value")
-            for part in self.parts:
+        self._last_frame = frame
+        self._title(frame)
+        if self.book_selector is not None:
+            key = (frame.instrument_id, frame.publisher_id)
+            if self.book_selector.value != key:
+                self.book_selector.unobserve(self._on_book, "value")
                 try:
-                    part.update(frame)
-                except Exception as exc:
-                    self.show_error(exc, where=type(part).__name__)
+                    self.book_selector.value = key
+                finally:
+                    self.book_selector.observe(self._on_book, "value")
+        for part in self.parts:
+            try:
+                part.update(frame)
+            except Exception as exc:
+                self.show_error(exc, where=type(part).__name__)
         self.frames_rendered += 1
 
     def _title(self, frame: Any) -> None:
         sym = html.escape(frame.symbol or str(frame.instrument_id))
-        text = (f"<b style='font-size:15px'>{sym}</b> <span style='color:#566573'>"
+        warn = "".join(f" <span class='mbo-flag-warn mbo-truncated'>{html.escape(w)}</span>"
+                       for w in data_warnings(self.session)[:1])
+        text = (f"<b style='font-size:14px'>{sym}</b> <span class='mbo-muted'>"
                 f"{frame.instrument_id}@{frame.publisher_id} &middot; "
-                f"{len(self.session):,} records</span>")
+                f"{len(self.session):,} records</span>{warn}")
         if self.title.value != text:
             self.title.value = text
 
+    # ------------------------------------------------------------------ settings
+    def _on_tz(self, change: dict) -> None:
+        self.set_time_zone(change["new"])
+
+    def set_time_zone(self, tz: str) -> None:
+        """Show times in ``tz`` ("UTC" or the exchange's zone, e.g. "America/Chicago")."""
+        self.tz = tz
+        for part in (self.price, self.stats, self.inspector):
+            part.set_time_zone(tz)
+        if self.map is not None and hasattr(self.map, "set_time_zone"):
+            try:
+                self.map.set_time_zone(tz)
+            except Exception as exc:  # noqa: BLE001
+                self.show_error(exc, where="liquidity map")
+        if self.tz_choice.value != tz and tz in [v for _, v in self.tz_choice.options]:
+            self.tz_choice.value = tz
+
     # ------------------------------------------------------------------ errors
     def show_error(self, exc: BaseException, where: str = "") -> None:
-        """Show an error in the dashboard's error area (kept: the last 5)."""
-        log.warning("dashboard %s error: %s", where, exc, exc_info=exc)
-        tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        msg = f"{where + ': ' if where else ''}{tb}"
+        """Show an error's message (no traceback) in the error area (the last 5 kept)."""
+        log.debug("dashboard %s error", where, exc_info=exc)
+        msg = f"{where + ': ' if where else ''}{user_message(exc)}"
         if self.errors and self.errors[-1] == msg:
             return
         self.errors = [*self.errors, msg][-5:]
+        self._show_errors()
+
+    def _show_errors(self) -> None:
         items = "".join(f"<li>{html.escape(m)}</li>" for m in self.errors)
-        self.error_area.value = (
-            "<div style='color:#922b21;background:#fdedec;border:1px solid #e6b0aa;"
-            f"padding:4px 8px;font-size:12px'><b>Errors</b><ul style='margin:0'>{items}</ul>"
-            "</div>")
+        self.error_area.value = (f"<div class='mbo-errors-box'><b>Errors</b>"
+                                 f"<ul style='margin:0'>{items}</ul></div>")
 
     def clear_errors(self) -> None:
         self.errors = []
@@ -160,15 +273,108 @@ class Dashboard(W.VBox):
         iid, pub = change["new"]
         try:
             self.session.select(iid, pub)  # publishes a frame of the new book
+            tick = session_tick(self.session)
+            for part in (self.ladder, self.depth, self.price):
+                part.set_tick(tick)
+            self.tick = tick
+            self._render(self.session.frame())
         except Exception as exc:
             self.show_error(exc, where="book")
 
+    # ------------------------------------------------------------------ static view
+    def static_html(self) -> str:
+        """A self-contained HTML summary (no widgets): book, BBO, ladder and an inline-SVG
+        sparkline of bid/ask over the price chart's window."""
+        fr = self.session.frame()
+        bbo = fr.bbo
+        dec = 2
+        if self.tick:
+            from ._common import tick_decimals
+
+            dec = tick_decimals(self.tick)
+
+        def px(v: float) -> str:
+            return "-" if not math.isfinite(v) else f"{v:.{dec}f}"
+
+        flag = (" <b style='color:#c0392b'>CROSSED</b>" if fr.crossed
+                else " <b style='color:#d35400'>LOCKED</b>" if fr.locked else "")
+        warn = "".join(f" <b style='color:#b9770e'>{html.escape(w)}</b>"
+                       for w in data_warnings(self.session))
+        head = (f"<div><b>mbo_lab dashboard</b> (static view: run the notebook for the live "
+                f"widgets) &middot; <b>{html.escape(fr.symbol or str(fr.instrument_id))}</b> "
+                f"{fr.instrument_id}@{fr.publisher_id} &middot; {len(self.session):,} records"
+                f" &middot; at {fr.position:,} ({html.escape(fmt_time(fr.ts_recv, self.tz))} "
+                f"{zone_label(self.tz)}){flag}{warn}</div><div>bid <b style='color:{BID}'>"
+                f"{px(fr.best_bid)}</b> x {int(bbo['bid_sz'])} &middot; ask <b style='color:"
+                f"{ASK}'>{px(fr.best_ask)}</b> x {int(bbo['ask_sz'])} &middot; spread "
+                f"{px(bbo['spread'])}</div>")
+        return (f"<div class='mbo-static' style='font-size:12px'>{head}"
+                f"<div style='display:flex;gap:16px;align-items:flex-start'>"
+                f"{static_ladder(fr, self.tick, 15)}{self._sparkline()}</div></div>")
+
+    def _sparkline(self, width: int = 320, height: int = 120) -> str:
+        t = self.price._t.astype(np.float64)
+        if len(t) < 2:
+            return ""
+        b, a = self.price._b, self.price._a
+        v = np.concatenate([b, a])
+        v = v[np.isfinite(v)]
+        if not len(v):
+            return ""
+        lo, hi = float(v.min()), float(v.max())
+        hi = hi if hi > lo else lo + 1.0
+        x = (t - t[0]) / max(t[-1] - t[0], 1.0) * (width - 4) + 2
+
+        def path(y: np.ndarray) -> str:
+            pts, out = [], []
+            for xi, yi in zip(x, y):
+                if math.isfinite(yi):
+                    pts.append(f"{xi:.1f},{(hi - yi) / (hi - lo) * (height - 16) + 8:.1f}")
+                elif pts:
+                    out.append(pts)
+                    pts = []
+            if pts:
+                out.append(pts)
+            return "".join(f"<polyline fill='none' stroke-width='1.2' points='{' '.join(p)}'"
+                           " stroke='{c}'/>" for p in out)
+
+        t0 = fmt_time(int(t[0]), self.tz, "%H:%M")
+        t1 = fmt_time(int(t[-1]), self.tz, "%H:%M")
+        body = path(b).replace("{c}", BID) + path(a).replace("{c}", ASK)
+        return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height + 14}'"
+                f" class='mbo-sparkline'>{body}<text x='2' y='{height + 10}' font-size='10'>"
+                f"{t0}</text><text x='{width - 2}' y='{height + 10}' font-size='10' "
+                f"text-anchor='end'>{t1} {zone_label(self.tz)}</text></svg>")
+
+    def _repr_mimebundle_(self, **kw: Any) -> dict:
+        data = super()._repr_mimebundle_(**kw) or {}
+        if isinstance(data, tuple):
+            data = data[0]
+        data = dict(data)
+        try:
+            data["text/html"] = self.static_html()
+        except Exception as exc:  # noqa: BLE001 - the live view still works
+            data["text/html"] = f"<i>static view unavailable: {html.escape(str(exc))}</i>"
+        return data
+
     # ------------------------------------------------------------------ lifetime
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "_unsubscribe", None) is None
+
     def close(self) -> None:
         """Unsubscribe from the session and close the widgets."""
         unsub, self._unsubscribe = getattr(self, "_unsubscribe", None), None
         if unsub is not None:
             unsub()
+        session = getattr(self, "session", None)
+        if session is not None and _LIVE.get(session) is self:
+            del _LIVE[session]
+        if getattr(self, "map", None) is not None:
+            try:
+                self.map.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing the liquidity map failed", exc_info=True)
         for child in list(self.children):
             _close_tree(child)
         super().close()
@@ -176,8 +382,6 @@ class Dashboard(W.VBox):
 
 def _close_tree(w: Any) -> None:
     """Close a widget and what it holds (box children; figure marks, axes and scales)."""
-    import bqplot as bq
-
     if isinstance(w, W.Box):
         for c in w.children:
             _close_tree(c)

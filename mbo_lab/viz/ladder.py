@@ -1,131 +1,185 @@
-"""Depth ladder: a price ladder of ``2 * levels + 1`` tick rows around the touch, drawn as
-one horizontal bqplot ``Bars`` mark (bid and ask sizes stacked on their rows) with
-"size (orders)" labels beside the bars."""
+"""DOM ladder: one row per price tick around the touch (bid size | price | ask size, with
+order counts and cumulative sizes), crossed and locked rows marked, the last trade at its
+price. An HTML widget redrawn at a bounded rate."""
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any
 
+import ipywidgets as W
 import numpy as np
 
-from ._common import (
-    ASK,
-    BID,
-    Part,
-    StickyRange,
-    book_key,
-    f64,
-    figure,
-    infer_tick,
-    price_decimals,
-)
+from ._common import Clock, Part, Throttle, book_key, infer_tick, tick_decimals
+
+#: Aggressor side of a trade ('B' buyer, 'A' seller) as shown in the trade column.
+_TRADE_SIDE = {"B": "B", "A": "A"}
 
 
 class Ladder(Part):
-    """Bids and asks around the touch on fixed price rows (one row per tick).
+    """Price-row DOM (depth of market) of the selected book.
 
-    The rows are ``2 * levels + 1`` consecutive tick prices centred on the mid; they move
-    only when the touch gets near the edge (so the price axis is not redrawn at every
-    frame). Levels outside the rows are not shown (the depth chart shows them).
-    After :meth:`update`, ``bars.x`` holds the row prices (ascending, float64) and
-    ``bars.y`` a ``(2, rows)`` float64 array: row 0 the bid size at each price, row 1 the
-    ask size (0 where nothing rests). ``labels.text`` holds ``"size (orders)"`` per row.
-    ``tick`` is inferred from the book (the smallest gap between levels) unless given.
+    ``rows`` consecutive prices at the instrument's ``tick`` (``session.tick``; inferred
+    from the frame when not given), centred on the touch; the rows move only when the
+    touch leaves the middle band, so the ladder does not jump at every frame. Each row
+    shows cumulative bid size, bid size (orders), price, ask size (orders), cumulative
+    ask size and the last trade when it happened at that price. A crossed book (bid above
+    ask, e.g. CME pre-open) keeps both sides: the rows between the best ask and the best
+    bid are marked crossed (``tr.x``), the row of a locked book ``tr.l``.
+
+    :meth:`table` returns the rows as arrays (tests and the static view use it);
+    ``widget.value`` holds the HTML, redrawn at most ``max_hz`` times a second while
+    playing (paused frames at once).
     """
 
-    def __init__(self, levels: int = 10, *, tick: float | None = None,
-                 height: str = "420px", width: str = "100%"):
-        import bqplot as bq
-
-        self.levels = int(levels)
-        self.n_rows = 2 * self.levels + 1
+    def __init__(self, rows: int = 21, *, tick: float | None = None, max_hz: float = 20.0,
+                 clock: Clock | None = None, height: str = "330px", width: str = "100%"):
+        self.n_rows = max(3, int(rows) | 1)  # odd: one centre row
         self.fixed_tick = tick
-        self.price_scale = bq.OrdinalScale()
-        self.size_scale = bq.LinearScale(min=0.0, max=1.0, allow_padding=False)
-        self.bars = bq.Bars(
-            x=np.zeros(0), y=np.zeros((2, 0)), orientation="horizontal", type="stacked",
-            colors=[BID, ASK], padding=0.1, stroke="white", stroke_width=0.5,
-            scales={"x": self.price_scale, "y": self.size_scale},
-            tooltip=bq.Tooltip(fields=["x", "y"], labels=["price", "size"]),
-        )
-        self.labels = bq.Label(
-            x=np.zeros(0), y=np.zeros(0), text=np.array([], dtype=str), align="start",
-            x_offset=4, y_offset=0, default_size=11, font_unit="px", colors=["#222"],
-            scales={"x": self.size_scale, "y": self.price_scale},
-        )
-        self.price_axis = bq.Axis(scale=self.price_scale, side="left",
-                                  tick_format=".2f", grid_lines="none",
-                                  tick_style={"font-size": "11px"})
-        self.size_axis = bq.Axis(scale=self.size_scale, label="size (lots)",
-                                 grid_lines="dashed", tick_format=",.0f")
-        self.widget = figure([self.bars, self.labels], [self.price_axis, self.size_axis],
-                             title="Ladder", height=height, width=width,
-                             css_class="mbo-ladder",
-                             margin={"top": 30, "bottom": 35, "left": 70, "right": 10})
-        self._sizes = StickyRange(self.size_scale, floor=0.0, margin=0.45, min_pad=1.0,
-                                  slack=3.0)
+        self.throttle = Throttle(max_hz, clock)
+        self.widget = W.HTML(layout=W.Layout(width=width, height=height, overflow="hidden"))
+        self.widget.add_class("mbo-ladder")
         self.updates = 0
+        self.renders = 0
         self.reset()
+
+    @property
+    def levels(self) -> int:
+        return self.n_rows // 2
 
     def reset(self) -> None:
         self.tick: float | None = self.fixed_tick
-        self._guessed = False
-        self.base: int | None = None  # row 0 price in ticks
+        self.base: int | None = None  # price of the lowest row, in ticks
         self._key: tuple[int, int] | None = None
-        self._sizes.reset()
+
+    def set_tick(self, tick: float | None) -> None:
+        """Use this price increment (e.g. ``session.tick``) from now on."""
+        if tick and tick > 0 and tick != self.fixed_tick:
+            self.fixed_tick = float(tick)
+            self.tick, self.base = self.fixed_tick, None
 
     # ------------------------------------------------------------------ rows
     @property
     def prices(self) -> np.ndarray:
-        """The row prices (ascending)."""
+        """Row prices, highest first (as drawn)."""
         if self.base is None or self.tick is None:
             return np.zeros(0)
-        return np.round((self.base + np.arange(self.n_rows)) * self.tick, 9)
+        return np.round((self.base + np.arange(self.n_rows)[::-1]) * self.tick, 9)
 
-    def _place(self, frame: Any) -> bool:
-        """Choose the rows; True when they changed."""
-        tick = self.fixed_tick or infer_tick(frame)
-        changed = False
-        if tick is not None and (self.tick is None or self._guessed
-                                 or tick < self.tick - 1e-12):
-            self.tick, self.base, changed = tick, None, True
-            self._guessed = False
-        bb, ba = frame.best_bid, frame.best_ask
-        touch = [p for p in (bb, ba) if math.isfinite(p)]
+    def _place(self, frame: Any) -> None:
+        if self.tick is None:
+            self.tick = self.fixed_tick or infer_tick(frame)
+        if self.tick is None:
+            p = [x for x in (frame.best_bid, frame.best_ask) if math.isfinite(x)]
+            if not p:
+                return
+            self.tick = 0.01  # one level only and no tick known: a placeholder
+        touch = [round(p / self.tick) for p in (frame.best_bid, frame.best_ask)
+                 if math.isfinite(p)]
         if not touch:
-            return changed
-        if self.tick is None:  # one level only: guess from its decimals until we know
-            self.tick = 10.0 ** -price_decimals(np.array(touch))
-            self._guessed = True
-        mid = sum(touch) / len(touch)
-        m = int(round(mid / self.tick))
+            return
+        lo, hi = min(touch), max(touch)
         if self.base is not None:
-            lo_t = int(round(min(touch) / self.tick)) - self.base
-            hi_t = int(round(max(touch) / self.tick)) - self.base
-            edge = max(1, self.levels // 3)
-            if lo_t >= edge and hi_t <= self.n_rows - 1 - edge:
-                return changed
-        new_base = m - self.levels
-        if new_base != self.base:
-            self.base, changed = new_base, True
-        return changed
+            edge = max(1, self.n_rows // 5)
+            if lo - self.base >= edge and self.base + self.n_rows - 1 - hi >= edge:
+                return
+        centre = (lo + hi) // 2
+        self.base = int(centre - self.n_rows // 2)
 
-    def rows(self, frame: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(row prices, bid sizes, ask sizes, order counts) on the current rows."""
+    def table(self, frame: Any) -> dict[str, np.ndarray]:
+        """The rows for ``frame`` (highest price first): ``price``, ``bid_sz``, ``bid_ct``,
+        ``ask_sz``, ``ask_ct``, ``bid_cum``, ``ask_cum`` (cumulative from the best price
+        outwards, 0 outside the side), ``crossed``/``locked`` (bool per row), ``trade``
+        (size of the last trade at that price, 0 elsewhere) and ``trade_side``."""
+        self._place(frame)
         px = self.prices
         n = len(px)
-        bid, ask, ct = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
+        out = {k: np.zeros(n, dtype=np.int64) for k in
+               ("bid_sz", "bid_ct", "ask_sz", "ask_ct", "bid_cum", "ask_cum", "trade")}
+        out["price"] = px
+        out["crossed"] = np.zeros(n, dtype=bool)
+        out["locked"] = np.zeros(n, dtype=bool)
+        out["trade_side"] = np.full(n, "", dtype=object)
         if n == 0:
-            return px, bid, ask, ct
-        for lp, ls, lc, out in ((frame.bid_px, frame.bid_sz, frame.bid_ct, bid),
-                                (frame.ask_px, frame.ask_sz, frame.ask_ct, ask)):
+            return out
+        top = self.base + self.n_rows - 1  # ticks of row 0
+        for side, lp, ls, lc in (("bid", frame.bid_px, frame.bid_sz, frame.bid_ct),
+                                 ("ask", frame.ask_px, frame.ask_sz, frame.ask_ct)):
             m = np.isfinite(lp)
-            r = np.rint(lp[m] / self.tick).astype(np.int64) - self.base
+            t = np.rint(lp[m] / self.tick).astype(np.int64)
+            sz = np.asarray(ls)[m].astype(np.int64)
+            ct = np.asarray(lc)[m].astype(np.int64)
+            r = top - t
             ok = (r >= 0) & (r < n)
-            out[r[ok]] += ls[m][ok]
-            ct[r[ok]] += lc[m][ok]
-        return px, bid, ask, ct
+            np.add.at(out[f"{side}_sz"], r[ok], sz[ok])
+            np.add.at(out[f"{side}_ct"], r[ok], ct[ok])
+            if len(t):
+                # cumulative from the best level outwards, carried over empty rows
+                cum = np.cumsum(sz)
+                rows_t = top - np.arange(n)
+                if side == "bid":  # bids: best = highest; row price <= level price
+                    k = np.searchsorted(-t, -rows_t, "right")  # levels with price >= row
+                else:
+                    k = np.searchsorted(t, rows_t, "right")  # levels with price <= row
+                out[f"{side}_cum"] = np.where(k > 0, cum[np.maximum(k - 1, 0)], 0)
+        bb, ba = frame.best_bid, frame.best_ask
+        if math.isfinite(bb) and math.isfinite(ba):
+            tb, ta = round(bb / self.tick), round(ba / self.tick)
+            rows_t = top - np.arange(n)
+            if tb > ta:
+                out["crossed"] = (rows_t >= ta) & (rows_t <= tb)
+            elif tb == ta:
+                out["locked"] = rows_t == tb
+        if frame.trades:
+            _ts, tpx, tsz, tside = frame.trades[-1]
+            r = top - round(float(tpx) / self.tick)
+            if 0 <= r < n:
+                out["trade"][r] = int(tsz)
+                out["trade_side"][r] = _TRADE_SIDE.get(tside, "N")
+        return out
+
+    # ------------------------------------------------------------------ html
+    def render(self, frame: Any, t: dict[str, np.ndarray] | None = None) -> str:
+        """The ladder as an HTML table (classes styled by the dashboard's theme CSS)."""
+        t = self.table(frame) if t is None else t
+        dec = tick_decimals(self.tick) if self.tick else 2
+        peak = max(1, int(max(t["bid_sz"].max(initial=0), t["ask_sz"].max(initial=0))))
+        bb, ba = frame.best_bid, frame.best_ask
+        state = ("<span class='mbo-flag-crossed'>CROSSED</span>" if frame.crossed else
+                 "<span class='mbo-flag-locked'>LOCKED</span>" if frame.locked else "")
+        tick = "-" if self.tick is None else f"{self.tick:.{dec}f}"
+        head = (f"<div class='mbo-dom-head'><b>Ladder</b> <span class='mbo-muted'>tick {tick}"
+                f"</span> {state}</div>")
+        rows = []
+        for i in range(len(t["price"])):
+            p = t["price"][i]
+            cls = []
+            if t["crossed"][i]:
+                cls.append("x")
+            if t["locked"][i]:
+                cls.append("l")
+            if math.isfinite(bb) and abs(p - bb) < self.tick / 2:
+                cls.append("bb")
+            if math.isfinite(ba) and abs(p - ba) < self.tick / 2:
+                cls.append("ba")
+            bs, bc, as_, ac = t["bid_sz"][i], t["bid_ct"][i], t["ask_sz"][i], t["ask_ct"][i]
+            bcell = (f"<td class='bs' style='--w:{100 * bs // peak}%'>{bs:,}"
+                     f"{f' ({bc})' if bc else ''}</td>" if bs else "<td class='bs'></td>")
+            acell = (f"<td class='as' style='--w:{100 * as_ // peak}%'>{as_:,}"
+                     f"{f' ({ac})' if ac else ''}</td>" if as_ else "<td class='as'></td>")
+            bcum = f"{t['bid_cum'][i]:,}" if t["bid_cum"][i] else ""
+            acum = f"{t['ask_cum'][i]:,}" if t["ask_cum"][i] else ""
+            tr = (f"<td class='t {t['trade_side'][i]}'>{t['trade'][i]:,}</td>" if t["trade"][i]
+                  else "<td class='t'></td>")
+            c = f" class='{' '.join(cls)}'" if cls else ""
+            rows.append(f"<tr{c}><td class='bc'>{bcum}</td>{bcell}<td class='p'>{p:,.{dec}f}"
+                        f"</td>{acell}<td class='ac'>{acum}</td>{tr}</tr>")
+        return (head + "<table class='mbo-dom'><colgroup><col style='width:17%'>"
+                "<col style='width:21%'><col style='width:20%'><col style='width:21%'>"
+                "<col style='width:14%'><col style='width:7%'></colgroup>"
+                "<tr><th>cum</th><th>bid (ord)</th><th>price</th><th>ask (ord)</th>"
+                "<th>cum</th><th>last</th></tr>" + "".join(rows) + "</table>")
 
     # ------------------------------------------------------------------ update
     def update(self, frame: Any) -> None:
@@ -133,21 +187,34 @@ class Ladder(Part):
         if key != self._key:
             self.reset()
             self._key = key
-        moved = self._place(frame)
-        px, bid, ask, ct = self.rows(frame)
-        size = bid + ask
-        text = np.array([f"{int(s):,} ({int(c)})" if s > 0 else ""
-                         for s, c in zip(size, ct)], dtype=str)
-        self._sizes.fit(0.0, float(size.max()) if len(size) else 0.0)
-        if moved:  # the ordinal domain follows the data (both marks hold the rows)
-            fmt = f".{price_decimals(px)}f"
-            if self.price_axis.tick_format != fmt:
-                self.price_axis.tick_format = fmt
-        with self.bars.hold_sync():
-            self.bars.x = f64(px)
-            self.bars.y = f64(np.vstack([bid, ask]))
-        with self.labels.hold_sync():
-            self.labels.x = f64(size)
-            self.labels.y = f64(px)
-            self.labels.text = text
         self.updates += 1
+        if not self.throttle.ready(force=not frame.playing):
+            return
+        text = self.render(frame)
+        if text != self.widget.value:
+            self.widget.value = text
+            self.renders += 1
+
+
+def static_ladder(frame: Any, tick: float | None, rows: int = 15) -> str:
+    """The ladder of ``frame`` as self-contained HTML (inline styles, no widgets)."""
+    lad = Ladder(rows, tick=tick)
+    t = lad.table(frame)
+    dec = tick_decimals(lad.tick) if lad.tick else 2
+    out = ["<table style='border-collapse:collapse;font-family:monospace;font-size:12px'>"
+           "<tr><th>cum</th><th>bid (ord)</th><th>price</th><th>ask (ord)</th><th>cum</th>"
+           "</tr>"]
+    for i in range(len(t["price"])):
+        bs, as_ = int(t["bid_sz"][i]), int(t["ask_sz"][i])
+        bid = f"{bs:,} ({int(t['bid_ct'][i])})" if bs else ""
+        ask = f"{as_:,} ({int(t['ask_ct'][i])})" if as_ else ""
+        bcum = f"{int(t['bid_cum'][i]):,}" if t["bid_cum"][i] else ""
+        acum = f"{int(t['ask_cum'][i]):,}" if t["ask_cum"][i] else ""
+        price = f"{t['price'][i]:.{dec}f}"
+        bg = "background:#f5cba7" if t["crossed"][i] or t["locked"][i] else ""
+        out.append(f"<tr style='{bg}'><td style='text-align:right;color:#888'>{bcum}</td>"
+                   f"<td style='text-align:right;color:#1e8449'>{bid}</td>"
+                   f"<td style='padding:0 8px'>{html.escape(price)}</td>"
+                   f"<td style='color:#c0392b'>{ask}</td><td style='color:#888'>{acum}</td></tr>")
+    out.append("</table>")
+    return "".join(out)

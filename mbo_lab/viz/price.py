@@ -1,8 +1,11 @@
-"""Price chart: bid, ask, mid and size-weighted mid over a rolling window of frames, with
-trades as Scatter markers (area by quantity, colour by aggressor side)."""
+"""Price chart: best bid and ask over a window of market time ending at the current
+position, with the trades of the same window as markers (area by quantity, colour by
+aggressor side). The window is filled from the kernel at once (``session.history``) after
+opening, a seek or a book change, then extended by the frames while playing."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -10,8 +13,6 @@ import numpy as np
 from ._common import (
     ASK,
     BID,
-    MID,
-    WMID,
     Clock,
     Part,
     StickyRange,
@@ -19,8 +20,11 @@ from ._common import (
     book_key,
     f64,
     figure,
-    price_decimals,
+    history,
+    price_ticks,
     span,
+    time_ticks,
+    zone_label,
 )
 
 #: Trade colour values: the aggressor side of a Databento trade ('B' buyer, 'A' seller).
@@ -28,149 +32,251 @@ SIDE_VALUE = {"B": 1.0, "A": -1.0}
 
 
 class PriceChart(Part):
-    """Rolling bid/ask/mid/weighted-mid lines and trade markers.
+    """Best bid / best ask step lines and trade markers over ``span`` of market time.
 
-    ``window`` frames are kept (a ring; a seek backwards or a book change starts afresh).
-    ``lines.x`` holds the frame times (``datetime64[ns]``, sent to bqplot as float64 ms),
-    ``lines.y`` a ``(4, n)`` float64 array (bid, ask, mid, weighted mid; NaN where a side is
-    empty, and mid/weighted mid NaN while the book is crossed). ``trades.x/y/size/color``
-    hold the trades seen in the window: time, price (float64), quantity (float64) and side
-    (+1 buy aggressor, -1 sell aggressor, 0 unknown); while playing they are resent at most
-    ``trades_hz`` times a second (a frame lists at most the last 20 trades, so a frame
-    with more loses the older ones).
+    The x axis is a plain linear scale in seconds since the epoch (float64) whose tick
+    values and labels are made in Python in the chosen time zone (``tz``: "UTC" or the
+    exchange's zone), so the browser's own time zone never changes what is shown. The
+    y axis ticks sit at multiples of the instrument's ``tick`` with its decimals.
+
+    After :meth:`update`: ``bid_line.x``/``ask_line.x`` hold the times (s), ``.y`` the
+    prices (float64; NaN where a side was empty); ``trades.x/y/size/color`` the trades of
+    the same window (s, price, quantity, +1 buyer / -1 seller / 0 unknown aggressor).
+    ``session`` (optional) provides the history; without one the chart starts from the
+    frames it sees. Lines are sent at most ``max_hz`` times a second while playing.
     """
 
-    TITLE = ("bid (green), ask (red), mid (grey), weighted mid (purple); "
-             "trades: buyer (green) / seller (red) aggressor")
+    TITLE = "best bid (green) / ask (red); trades: buyer (green) / seller (red) aggressor"
 
-    def __init__(self, window: int = 300, max_trades: int = 150, *, trades_hz: float = 6.0,
-                 clock: Clock | None = None, height: str = "300px", width: str = "100%"):
+    def __init__(self, session: Any = None, *, points: int = 300, span_ns: int = 15 * 60 * 10**9,
+                 max_trades: int = 300, max_hz: float = 5.0, tick: float | None = None,
+                 tz: str = "UTC", clock: Clock | None = None, height: str = "300px",
+                 width: str = "100%", window: int | None = None):
         import bqplot as bq
 
-        self.window = int(window)
+        self.session = session
+        self.points = int(window or points)
+        self.span_ns = int(span_ns)
         self.max_trades = int(max_trades)
-        self._trades_throttle = Throttle(trades_hz, clock)
-        self.x_scale = bq.DateScale(allow_padding=False)
-        self.y_scale = bq.LinearScale(allow_padding=False)
-        self.lines = bq.Lines(
-            x=np.zeros(0, "datetime64[ns]"), y=np.zeros((4, 0)),
-            colors=[BID, ASK, MID, WMID], labels=["bid", "ask", "mid", "wmid"],
-            display_legend=False, stroke_width=1.5, interpolation="step-after",
-            line_style="solid", scales={"x": self.x_scale, "y": self.y_scale},
-        )
+        self.tick = tick
+        self.tz = tz
+        self.throttle = Throttle(max_hz, clock)
+        self.x_scale = bq.LinearScale(min=0.0, max=1.0, allow_padding=False)
+        self.y_scale = bq.LinearScale(min=0.0, max=1.0, allow_padding=False)
+        sc = {"x": self.x_scale, "y": self.y_scale}
+        # marks start with two finite points inside the domain (never empty: bqplot draws
+        # d="null" paths and translate(0,undefined) markers from empty or NaN data)
+        self.bid_line = bq.Lines(x=np.array([0.0, 1.0]), y=np.array([0.5, 0.5]), colors=[BID],
+                                 stroke_width=1.5, interpolation="step-after", scales=sc,
+                                 visible=False)
+        self.ask_line = bq.Lines(x=np.array([0.0, 1.0]), y=np.array([0.5, 0.5]), colors=[ASK],
+                                 stroke_width=1.5, interpolation="step-after", scales=sc,
+                                 visible=False)
+        self.size_scale = bq.LinearScale(min=0.0, max=1.0)
         self.trades = bq.Scatter(
-            x=np.zeros(0, "datetime64[ns]"), y=np.zeros(0), size=np.zeros(0),
-            color=np.zeros(0), default_size=140, stroke="#333", stroke_width=0.5,
-            opacities=[0.8], display_legend=False,
-            scales={"x": self.x_scale, "y": self.y_scale,
-                    "size": bq.LinearScale(min=0.0),
+            x=np.array([0.5]), y=np.array([0.5]), size=np.array([1.0]), color=np.array([0.0]),
+            default_size=120, stroke="#333", stroke_width=0.5, opacities=[0.8],
+            visible=False,
+            scales={**sc, "size": self.size_scale,
                     "color": bq.ColorScale(colors=[ASK, "#999999", BID], min=-1.0, max=1.0)},
-            tooltip=bq.Tooltip(fields=["y", "size"], labels=["price", "qty"]),
         )
-        self.price_axis = bq.Axis(scale=self.y_scale, side="left", label="price",
-                                  label_offset="48px",
-                                  grid_lines="dashed", tick_format=".2f")
+        self.time_axis = bq.Axis(scale=self.x_scale, label=f"time ({zone_label(tz)})",
+                                 grid_lines="none", tick_values=np.array([0.0]),
+                                 tick_labels={"0": ""}, label_offset="28px")
+        self.price_axis = bq.Axis(scale=self.y_scale, side="left", grid_lines="dashed",
+                                  tick_format=".2f", tick_values=np.array([0.5]))
         self.widget = figure(
-            [self.lines, self.trades],
-            [bq.Axis(scale=self.x_scale, label="time (UTC)", grid_lines="none",
-                     tick_format="%H:%M:%S"),
-             self.price_axis],
-            title=self.TITLE, height=height, width=width, css_class="mbo-price")
-        # Explicit ranges that change rarely: the time axis pages forward by a fraction of
-        # the window, the price axis moves when prices leave it.
-        self._xr = StickyRange(self.x_scale, margin=0.15, margin_lo=0.0, min_pad=1e9,
-                               slack=1e9, date=True)
-        self._yr = StickyRange(self.y_scale, margin=0.3, min_pad=1e-9, rel_pad=2e-4,
+            [self.bid_line, self.ask_line, self.trades], [self.time_axis, self.price_axis],
+            title=self.TITLE, height=height, width=width, css_class="mbo-price",
+            margin={"top": 24, "bottom": 34, "left": 62, "right": 12})
+        self._xr = StickyRange(self.x_scale, margin=0.0, margin_lo=0.0, min_pad=1.0,
+                               slack=1e12)
+        self._yr = StickyRange(self.y_scale, margin=0.15, min_pad=1e-9, rel_pad=2e-4,
                                slack=4.0)
-        self.reset()
         self.updates = 0
+        self.renders = 0
+        self.history_loads = 0
+        self.reset()
 
+    # ------------------------------------------------------------------ state
     def reset(self) -> None:
-        self._t = np.zeros(self.window, dtype=np.int64)
-        self._y = np.full((4, self.window), np.nan)
-        self._n = 0
-        self._tr: list[tuple[int, float, float, float]] = []
-        self._last_tr: tuple[int, int] = (-1, 0)  # (ts of the newest trade, how many at it)
+        self._t = np.zeros(0, dtype=np.int64)
+        self._b = np.zeros(0)
+        self._a = np.zeros(0)
+        self._tr = np.zeros((0, 4))  # ts (ns, as float), price, size, side value
+        self._last_tr: tuple[int, int] = (-1, 0)
         self._key: tuple[int, int] | None = None
         self._last_ts = -1
-        self._sent_trades = -1
-        self._dirty_trades = False
-        if hasattr(self, "_xr"):
-            self._xr.reset()
-            self._yr.reset()
+        self._xr.reset()
+        self._yr.reset()
+        self._dirty = self._tr_dirty = True
 
-    # ------------------------------------------------------------------ data
-    def _append(self, ts: int, bbo: dict[str, float]) -> None:
-        row = (bbo["bid_px"], bbo["ask_px"], bbo["mid"], bbo["weighted_mid"])
-        if self._n and ts == self._t[self._n - 1]:
-            self._y[:, self._n - 1] = row  # same time: latest state wins
+    def set_time_zone(self, tz: str) -> None:
+        """Label the time axis in zone ``tz`` (values do not change)."""
+        self.tz = tz
+        self.time_axis.label = f"time ({zone_label(tz)})"
+        self._set_time_ticks()
+
+    def set_tick(self, tick: float | None) -> None:
+        self.tick = tick
+
+    def load_history(self) -> None:
+        """Fill the window from the kernel (``session.history``) ending at the session's
+        position: the BBO path and the trades of the same window."""
+        if self.session is None:
             return
-        if self._n == self.window:
-            self._t[:-1] = self._t[1:]
-            self._y[:, :-1] = self._y[:, 1:]
-            self._n -= 1
-        self._t[self._n] = ts
-        self._y[:, self._n] = row
-        self._n += 1
+        df = history(self.session, points=self.points, span_ns=self.span_ns)
+        self._t = df.index.asi8.astype(np.int64)
+        self._b = df["bid"].to_numpy(np.float64, copy=True)
+        self._a = df["ask"].to_numpy(np.float64, copy=True)
+        tr = df.attrs.get("trades")
+        if tr is not None and len(tr):
+            if len(tr) > self.max_trades:
+                keep = np.sort(np.argsort(-tr["size"].to_numpy(), kind="stable")
+                               [: self.max_trades])
+                tr = tr.iloc[keep]
+            side = np.array([SIDE_VALUE.get(s, 0.0) for s in tr["side"]])
+            self._tr = np.column_stack([tr.index.asi8.astype(np.float64),
+                                        tr["price"].to_numpy(np.float64),
+                                        tr["size"].to_numpy(np.float64), side])
+        else:
+            self._tr = np.zeros((0, 4))
+        self._last_tr = (int(self._t[-1]) if len(self._t) else -1, 10**9)
+        self.history_loads += 1
+        self._dirty = self._tr_dirty = True
 
-    def _add_trades(self, trades: list[tuple[int, float, int, str]]) -> bool:
-        """Add the frame's trades not seen yet (a frame lists the last trades up to its
-        record, oldest first; trades at one timestamp are told apart by their order)."""
+    # ------------------------------------------------------------------ frames
+    def _append(self, frame: Any) -> None:
+        ts = int(frame.ts_recv)
+        bid, ask = frame.best_bid, frame.best_ask
+        step = self.span_ns / max(self.points - 1, 1)
+        if len(self._t) and ts - self._t[-1] < step and len(self._t) > 1 \
+                and self._t[-1] - self._t[-2] < step:
+            self._t[-1], self._b[-1], self._a[-1] = ts, bid, ask  # same bin: latest wins
+        else:
+            self._t = np.append(self._t, ts)
+            self._b = np.append(self._b, bid)
+            self._a = np.append(self._a, ask)
+        keep = self._t >= ts - self.span_ns
+        keep[-2:] = True
+        if not keep.all():
+            self._t, self._b, self._a = self._t[keep], self._b[keep], self._a[keep]
+        # trades the frame lists (the last ones up to its record) and not seen yet
         last_ts, k_last = self._last_tr
         counts: dict[int, int] = {}
-        added = False
-        for ts, px, qty, side in trades:
-            ts = int(ts)
-            k = counts[ts] = counts.get(ts, 0) + 1
-            if ts > last_ts or (ts == last_ts and k > k_last):
-                self._tr.append((ts, float(px), float(qty), SIDE_VALUE.get(side, 0.0)))
-                added = True
-        if added:
-            newest = int(trades[-1][0])
-            self._last_tr = (newest, counts[newest])
-        t0 = int(self._t[0]) if self._n else 0
-        if self._tr and (self._tr[0][0] < t0 or len(self._tr) > self.max_trades):
-            self._tr = [t for t in self._tr if t[0] >= t0][-self.max_trades:]
-            added = True
-        return added
+        new = []
+        for t, px, qty, side in frame.trades:
+            t = int(t)
+            k = counts[t] = counts.get(t, 0) + 1
+            if t > last_ts or (t == last_ts and k > k_last and k_last < 10**9):
+                new.append((float(t), float(px), float(qty), SIDE_VALUE.get(side, 0.0)))
+        if frame.trades:
+            newest = int(frame.trades[-1][0])
+            if newest > last_ts:
+                self._last_tr = (newest, counts[newest])
+            elif newest == last_ts and k_last < 10**9:
+                self._last_tr = (newest, max(k_last, counts[newest]))
+        tr = np.vstack([self._tr, np.array(new).reshape(-1, 4)]) if new else self._tr
+        tr = tr[tr[:, 0] >= self._t[0]] if len(self._t) else tr
+        if len(tr) > self.max_trades:
+            tr = tr[-self.max_trades:]
+        if new or len(tr) != len(self._tr):
+            self._tr = tr
+            self._tr_dirty = True
+        self._dirty = True
 
-    # ------------------------------------------------------------------ update
     def update(self, frame: Any) -> None:
         key = book_key(frame)
         ts = int(frame.ts_recv)
-        if key != self._key or ts < self._last_ts:
+        jump = (key != self._key or ts < self._last_ts
+                or (not frame.playing and ts != self._last_ts)
+                or ts - self._last_ts > self.span_ns // 4)
+        self.updates += 1
+        if jump:
             self.reset()
             self._key = key
-        self._last_ts = ts
-        bbo = frame.bbo
-        if frame.crossed:
-            bbo = dict(bbo, bid_px=frame.best_bid, ask_px=frame.best_ask)
-        self._append(ts, bbo)
-        self._dirty_trades = self._add_trades(frame.trades) or self._dirty_trades
-        n = self._n
-        y = f64(self._y[:, :n])
-        lo, hi = span(y)
-        if self._tr:
-            tlo, thi = span(np.array([t[1] for t in self._tr]))
-            lo, hi = min(lo, tlo), max(hi, thi)
-        self._xr.fit(float(self._t[0]), float(self._t[n - 1]))
-        if self._yr.fit(lo, hi):
-            fmt = f".{price_decimals(y[:2, -1:])}f"
-            if self.price_axis.tick_format != fmt:
+            self._last_ts = ts
+            if self.session is not None:
+                try:
+                    self.load_history()
+                except Exception:
+                    self.reset()
+                    self._key = key
+                    self._append(frame)
+                    raise
+            if not len(self._t) or self._t[-1] < ts:
+                self._append(frame)
+        else:
+            self._last_ts = ts
+            self._append(frame)
+        if self.throttle.ready(force=not frame.playing or jump):
+            self._send()
+
+    # ------------------------------------------------------------------ drawing
+    def _set_time_ticks(self) -> None:
+        if self._xr.lo is None:
+            return
+        vals, labels = time_ticks(self._xr.lo, self._xr.hi, self.tz, n=5)
+        if len(vals):
+            with self.time_axis.hold_sync():
+                self.time_axis.tick_values = vals
+                self.time_axis.tick_labels = labels
+
+    def _send(self) -> None:
+        if not self._dirty or not len(self._t):
+            return
+        self._dirty = False
+        x = self._t.astype(np.float64) / 1e9
+        t_end = x[-1]
+        t0 = min(x[0], t_end - self.span_ns / 1e9 / 8)
+        # the time axis pages forward by a quarter of the span
+        if self._xr.lo is None or t_end > self._xr.hi or t0 < self._xr.lo - 1e-6:
+            width = max(t_end - t0, 1.0)
+            lo = t0
+            hi = t_end + (width * 0.25 if self._xr.lo is not None else width * 0.02)
+            self._xr.lo, self._xr.hi = lo, hi
+            with self.x_scale.hold_sync():
+                self.x_scale.min, self.x_scale.max = float(lo), float(hi)
+            self._set_time_ticks()
+        lo, hi = span(np.concatenate([self._b, self._a, self._tr[:, 1]]))
+        if math.isfinite(lo) and self._yr.fit(lo, hi):
+            vals, fmt = price_ticks(self._yr.lo, self._yr.hi, self.tick or 0.0, n=5)
+            with self.price_axis.hold_sync():
                 self.price_axis.tick_format = fmt
-        with self.lines.hold_sync():
-            self.lines.x = self._t[:n].astype("datetime64[ns]")  # a new array each time
-            self.lines.y = y
-        # The markers are redrawn at most trades_hz times a second while playing.
-        if self._sent_trades < 0 or (self._dirty_trades and self._trades_throttle.ready(
-                force=not frame.playing)):
-            self._dirty_trades = False
-            ts_ns = np.array([t[0] for t in self._tr], dtype=np.int64)
-            tr = np.array([t[1:] for t in self._tr], dtype=np.float64).reshape(-1, 3)
+                if len(vals):
+                    self.price_axis.tick_values = vals
+        for line, y in ((self.bid_line, self._b), (self.ask_line, self._a)):
+            ok = np.isfinite(y)
+            if ok.sum() >= 1:
+                xs, ys = x, y
+                if len(xs) == 1:
+                    xs, ys = np.array([x[0], x[0] + 1e-3]), np.array([y[0], y[0]])
+                with line.hold_sync():
+                    line.x = f64(xs)
+                    line.y = f64(ys)
+                    if not line.visible:
+                        line.visible = True
+            elif line.visible:
+                line.visible = False
+        tr = self._tr
+        if not self._tr_dirty:
+            pass
+        elif len(tr):
             with self.trades.hold_sync():
-                self.trades.x = ts_ns.astype("datetime64[ns]")
-                self.trades.y = f64(tr[:, 0])
-                self.trades.size = f64(tr[:, 1])
-                self.trades.color = f64(tr[:, 2])
-            self._sent_trades = len(tr)
-        self.updates += 1
+                self.trades.x = f64(tr[:, 0] / 1e9)
+                self.trades.y = f64(tr[:, 1])
+                self.trades.size = f64(tr[:, 2])
+                self.trades.color = f64(tr[:, 3])
+                smax = float(tr[:, 2].max())
+                if self.size_scale.max != smax:
+                    self.size_scale.max = max(smax, 1.0)
+                if not self.trades.visible:
+                    self.trades.visible = True
+        elif self.trades.visible:
+            self.trades.visible = False
+        self._tr_dirty = False
+        self.renders += 1
+
+    def flush(self) -> None:
+        """Send what the throttle held back."""
+        self._send()

@@ -9,9 +9,8 @@ from collections import deque
 from typing import Any
 
 import ipywidgets as W
-import pandas as pd
 
-from ._common import Clock, Part, now
+from ._common import Clock, Part, Throttle, data_warnings, fmt_time, now, zone_label
 
 
 class StatsPanel(Part):
@@ -19,17 +18,30 @@ class StatsPanel(Part):
 
     ``session`` (optional) adds the total record count and the number of price levels of
     each side (a frame only holds the top levels). The panel also shows the frame's
-    ``seq`` and the rate at which frames reach it (``fps``), so every frame changes it.
+    ``seq`` and the rate at which frames reach it (``fps``; "paused" instead of a stale
+    figure when the clock stands). While playing it is redrawn at most ``max_hz`` times a
+    second. Times are written in zone ``tz``; problems of the source (a truncated file
+    opened with ``allow_truncated=True``) are flagged.
     """
 
-    def __init__(self, session: Any = None, *, clock: Clock | None = None):
+    def __init__(self, session: Any = None, *, clock: Clock | None = None,
+                 max_hz: float = 5.0, tz: str = "UTC", height: str = "190px"):
         self.session = session
         self.clock = clock or now
+        self.tz = tz
+        self.throttle = Throttle(max_hz, clock)
         self._times: deque[float] = deque(maxlen=64)
         # A fixed size: a panel that changes height would make the figures lay out again.
-        self.widget = W.HTML(layout=W.Layout(width="100%", height="235px", overflow="hidden"))
+        self.widget = W.HTML(layout=W.Layout(width="100%", height=height, overflow="hidden"))
         self.widget.add_class("mbo-stats")
+        self.warnings = data_warnings(session) if session is not None else []
         self.updates = 0
+        self._last: Any = None
+
+    def set_time_zone(self, tz: str) -> None:
+        self.tz = tz
+        if self._last is not None:
+            self.widget.value = self.render(self.values(self._last), self.fps)
 
     @property
     def fps(self) -> float:
@@ -53,8 +65,8 @@ class StatsPanel(Part):
         c = frame.counters
         return {
             "records": total, "position": frame.position, "progress": frame.progress,
-            "time": (pd.Timestamp(int(frame.ts_recv), tz="UTC").strftime("%Y-%m-%d %H:%M:%S.%f")
-                     if frame.ts_recv else "-"),
+            "time": fmt_time(frame.ts_recv, self.tz), "tz": zone_label(self.tz),
+            "warnings": self.warnings,
             "live_orders": frame.live_orders, "bid_levels": levels[0], "ask_levels": levels[1],
             "spread": bbo["spread"], "mid": bbo["mid"], "crossed": frame.crossed,
             "locked": frame.locked, "unknown_cancel": c.get("unknown_cancel", 0),
@@ -72,18 +84,17 @@ class StatsPanel(Part):
         spread = "-" if not math.isfinite(v["spread"]) else f"{v['spread']:.6g}"
         mid = "-" if not math.isfinite(v["mid"]) else f"{v['mid']:.6g}"
         if v["crossed"]:
-            flag = ("<span class='mbo-crossed' style='color:white;background:#c0392b;"
-                    "padding:0 4px;font-weight:bold'>CROSSED</span>")
+            flag = "<span class='mbo-crossed mbo-flag-crossed'>CROSSED</span>"
         elif v["locked"]:
-            flag = "<span class='mbo-locked' style='color:#d35400;font-weight:bold'>LOCKED</span>"
+            flag = "<span class='mbo-locked mbo-flag-locked'>LOCKED</span>"
         else:
-            flag = "<span style='color:#1e8449'>ok</span>"
+            flag = "<span style='color:#27ae60'>ok</span>"
         other = ", ".join(f"{k} {n:,}" for k, n in v["other_anomalies"].items()) or "none"
         speed = "max" if math.isinf(v["speed"]) else f"{v['speed']:g}x"
         rows = [
             ("records", num(v["records"])),
             ("position", f"{v['position']:,} ({100 * v['progress']:.1f} %)"),
-            ("time (UTC)", html.escape(v["time"])),
+            (f"time ({html.escape(v.get('tz', 'UTC'))})", html.escape(v["time"])),
             ("live orders", num(v["live_orders"])),
             ("levels bid / ask", f"{num(v['bid_levels'])} / {num(v['ask_levels'])}"),
             ("spread / mid", f"{spread} / {mid}"),
@@ -91,16 +102,25 @@ class StatsPanel(Part):
             ("unknown cxl / mod", f"{v['unknown_cancel']:,} / {v['unknown_modify']:,}"),
             ("other anomalies", html.escape(other)),
             ("clock", f"{'playing' if v['playing'] else 'paused'} at {speed}"),
-            ("frame", f"#{v['seq']:,} &middot; {fps:.1f} fps"),
+            ("frame", f"#{v['seq']:,} &middot; "
+                      + (f"{fps:.1f} fps" if v["playing"] else "paused")),
         ]
-        body = "".join(f"<tr><td style='color:#566573;padding-right:8px'>{k}</td>"
-                       f"<td style='font-family:monospace'>{val}</td></tr>" for k, val in rows)
-        return (f"<div style='font-size:12px;line-height:1.3'><b>Stats</b>"
-                f"<table>{body}</table></div>")
+        for w in v.get("warnings") or ():
+            rows.insert(0, ("source", f"<span class='mbo-flag-warn mbo-truncated'>"
+                                      f"{html.escape(w)}</span>"))
+        body = "".join(f"<tr><td>{k}</td><td>{val}</td></tr>" for k, val in rows)
+        return (f"<div style='font-size:12px;line-height:1.25'>"
+                f"<table class='mbo-kv'>{body}</table></div>")
 
     def update(self, frame: Any) -> None:
-        self._times.append(self.clock())
+        self._last = frame
+        if frame.playing:
+            self._times.append(self.clock())
+        else:
+            self._times.clear()
+        self.updates += 1
+        if not self.throttle.ready(force=not frame.playing):
+            return
         text = self.render(self.values(frame), self.fps)
         if text != self.widget.value:
             self.widget.value = text
-        self.updates += 1
