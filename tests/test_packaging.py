@@ -13,9 +13,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -714,3 +716,179 @@ def test_everything_binder_installs_is_pinned():
     pins = lock_pins("binder/constraints.txt")
     unpinned = binder_closure() - set(pins) - {"pip", "python"}
     assert not unpinned, f"Binder would install unpinned: {sorted(unpinned)}; `make lock`"
+
+
+# --- JupyterLab launcher: `make demo`, `mbo-lab lab [FILE]` (mbo_lab/launch.py) ---------------
+
+
+def test_launch_command_is_headless_safe_and_local():
+    from mbo_lab import launch
+
+    root, nb = launch.dashboard_notebook()
+    assert (root, nb) == (ROOT, ROOT / "notebooks" / "02_dashboard.ipynb")
+    cmd = launch.lab_command(root, nb, 8899, Path("/tmp/ws"))
+    assert cmd[:3] == [sys.executable, "-m", "jupyterlab"], "JupyterLab from this environment"
+    for flag in ("--no-browser", "--ServerApp.ip=127.0.0.1", "--ServerApp.port=8899",
+                 "--ServerApp.port_retries=0", f"--ServerApp.root_dir={ROOT}",
+                 "--ServerApp.default_url=/lab/tree/notebooks/02_dashboard.ipynb",
+                 "--LabApp.workspaces_dir=/tmp/ws"):
+        assert flag in cmd, flag
+    assert not any("token" in c.lower() for c in cmd), "the token goes through the environment"
+    # No browser without a display (Linux) or in CI, whatever webbrowser would pick.
+    if sys.platform.startswith("linux"):
+        assert launch.can_open_browser({}) is False
+    assert launch.can_open_browser({"CI": "true", "DISPLAY": ":0"}) is False
+    assert launch.can_open_browser({"MBO_LAB_NO_BROWSER": "1", "DISPLAY": ":0"}) is False
+
+
+def test_launch_rejects_a_missing_file_before_starting_anything(tmp_path):
+    from mbo_lab import launch
+    from mbo_lab.errors import DataError
+
+    with pytest.raises(DataError, match="no such file"):
+        launch.main(tmp_path / "missing.dbn", open_browser=False)
+    res = subprocess.run([sys.executable, "-m", "mbo_lab.launch", "--no-browser",
+                          str(tmp_path / "missing.dbn")], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and "no such file" in res.stderr, res
+
+
+def test_launch_writes_a_dashboard_notebook_outside_a_checkout(tmp_path, monkeypatch):
+    from mbo_lab import launch
+
+    monkeypatch.setattr(launch, "PROJECT_ROOT", tmp_path / "site-packages")
+    monkeypatch.setenv("MBO_LAB_CACHE_DIR", str(tmp_path / "cache"))
+    root, nb = launch.dashboard_notebook()
+    assert root == tmp_path / "cache" / "notebooks" and nb.parent == root
+    cells = json.loads(nb.read_text())["cells"]
+    code = "".join(c["source"] for c in cells if c["cell_type"] == "code")
+    assert "MBO_LAB_DATA_PATH" not in code and "get_settings().data_path" in code
+    assert ".dashboard(" in code
+    compile(code, str(nb), "exec")
+
+
+def _pids_with_env(key: str, value: str) -> dict[int, list[str]]:
+    """pid -> argv of every process whose environment has key=value (Linux /proc)."""
+    found = {}
+    needle = f"{key}={value}".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if needle in (d / "environ").read_bytes().split(b"\0"):
+                found[int(d.name)] = (d / "cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+    return found
+
+
+def _get(url: str, token: str | None = None, data: bytes | None = None):
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": f"token {token}"} if token else {}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_launch_serves_the_dashboard_on_the_file_and_stops_cleanly(tmp_path):
+    """`python -m mbo_lab.launch FILE` (what `make demo` and `mbo-lab lab` run): prints the
+    URL with its token, serves the dashboard notebook, its kernels get MBO_LAB_DATA_PATH and
+    run in this environment, and Ctrl-C stops the server and its kernels."""
+    import queue
+    import threading
+    import uuid
+
+    import mbo_lab
+
+    data = mbo_lab.write_synth(tmp_path / "small.dbn", 2_000, seed=3)
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MBO_LAB_DATA_PATH", "DISPLAY", "WAYLAND_DISPLAY", "JUPYTER_TOKEN")}
+    for name in ("runtime", "config", "data", "ipython"):
+        (tmp_path / name).mkdir()
+    env.update(MBO_LAB_LAUNCH_TEST=marker, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+               JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+               JUPYTER_DATA_DIR=str(tmp_path / "data"), IPYTHONDIR=str(tmp_path / "ipython"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mbo_lab.launch", "--no-browser", str(data)],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+    try:
+        url_re = re.compile(r"(http://127\.0\.0\.1:(\d+))/lab/tree/notebooks/02_dashboard\.ipynb"
+                            r"\?token=([0-9a-f]{32,})")
+        out, m = [], None
+        deadline = time.monotonic() + 180
+        while m is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                out.append(lines.get(timeout=1))
+            except queue.Empty:
+                continue
+            m = url_re.search(out[-1])
+        assert m, f"no URL printed; stdout={out} stderr={proc.stderr.read() if proc.poll() is not None else ''}"
+        base, token = m.group(1), m.group(3)
+        while "Ctrl-C" not in out[-1] and time.monotonic() < deadline:
+            out.append(lines.get(timeout=30))
+        assert any(str(data) in ln for ln in out), out  # says which data it shows
+
+        # The notebook through the Jupyter contents API, with the token only.
+        api = f"{base}/api/contents/notebooks/02_dashboard.ipynb?content=1"
+        assert _get(api)[0] == 403, "the server must require the token"
+        status, body = _get(api, token)
+        assert status == 200, body[:300]
+        model = json.loads(body)
+        assert model["type"] == "notebook" and model["name"] == "02_dashboard.ipynb"
+        on_disk = json.loads((ROOT / "notebooks/02_dashboard.ipynb").read_text())["cells"]
+        assert [c["source"] for c in model["content"]["cells"]] == [
+            c["source"] if isinstance(c["source"], str) else "".join(c["source"])
+            for c in on_disk
+        ]
+        status, page = _get(m.group(0))
+        assert status == 200 and b"jupyter-config-data" in page
+
+        # A kernel for the notebook: this environment's Python, with the file to show.
+        status, body = _get(f"{base}/api/sessions", token, json.dumps({
+            "path": "notebooks/02_dashboard.ipynb", "type": "notebook", "name": "",
+            "kernel": {"name": "python3"}}).encode())
+        assert status == 201, body[:300]
+        kernels: dict[int, list[str]] = {}
+        while not kernels and time.monotonic() < deadline:
+            kernels = {p: a for p, a in _pids_with_env("MBO_LAB_LAUNCH_TEST", marker).items()
+                       if "ipykernel_launcher" in a}
+            time.sleep(0.2)
+        assert len(kernels) == 1, kernels
+        (kpid, argv), = kernels.items()
+        assert argv[0] == sys.executable, argv
+        kenv = dict(e.split("=", 1) for e in
+                    (Path(f"/proc/{kpid}/environ").read_bytes().decode().split("\0")) if "=" in e)
+        assert kenv["MBO_LAB_DATA_PATH"] == str(data)
+        assert kenv.get("JUPYTER_WIDGETS_ECHO") == "0"
+
+        # Ctrl-C: the launcher stops JupyterLab, which shuts the kernel down.
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, proc.stderr.read()
+        left = _pids_with_env("MBO_LAB_LAUNCH_TEST", marker)
+        t0 = time.monotonic()
+        while left and time.monotonic() - t0 < 10:
+            time.sleep(0.2)
+            left = _pids_with_env("MBO_LAB_LAUNCH_TEST", marker)
+        assert not left, f"processes left running: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _pids_with_env("MBO_LAB_LAUNCH_TEST", marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
