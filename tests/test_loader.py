@@ -554,3 +554,419 @@ def test_clx5_invariants_chunk_wise(clx5):
     assert (frames.bid_ct[frames.bid_px != UNDEF] > 0).all()
     assert (frames.ask_ct[frames.ask_px != UNDEF] > 0).all()
     assert int(np.count_nonzero(frames.cross == 2)) == CLX5_CROSSED
+
+
+# --------------------------------------------------------------------------- integrity (#12)
+
+from mbo_lab.errors import (  # noqa: E402
+    CorruptFileError,
+    FileChangedError,
+    InputPathError,
+    MboLabError,
+)
+from mbo_lab.io.dbn import _ZstdBlocks, check_input_path  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_zst(tmp_path_factory) -> tuple[Path, bytes, bytes]:
+    """(path, compressed bytes, decompressed bytes) of a generated 20k-record .dbn.zst."""
+    path = tmp_path_factory.mktemp("small") / "s.dbn.zst"
+    mbo_lab.write_synth(path, 20_000, seed=3, progress=False)
+    comp = path.read_bytes()
+    return path, comp, zstandard.ZstdDecompressor().decompressobj().decompress(comp)
+
+
+def block_ends(comp: bytes) -> list[int]:
+    """Compressed offsets where each frame header, block and checksum of ``comp`` ends."""
+    import io
+
+    z = _ZstdBlocks(io.BytesIO(comp), "<test>")
+    ends: list[int] = []
+    take = z._take
+
+    def spy(n):
+        out = take(n)
+        ends.append(z.offset)
+        return out
+
+    z._take = spy
+    for _ in z.pieces():
+        pass
+    assert z.truncated is None and z.frames == 1
+    return ends
+
+
+def decoded_length(prefix: bytes) -> int:
+    """Bytes the zstd library itself decodes from a cut file (the oracle); -1 on error."""
+    try:
+        return len(zstandard.ZstdDecompressor().decompressobj().decompress(prefix))
+    except zstandard.ZstdError:
+        return -1
+
+
+def test_truncated_zst_at_every_block_boundary_and_sampled_offsets(small_zst, tmp_path):
+    path, comp, plain = small_zst
+    prelude = 8 + struct.unpack("<I", plain[4:8])[0]
+    n_all = (len(plain) - prelude) // 56
+    ends = block_ends(comp)
+    assert ends[-1] == len(comp) and len(ends) >= 8
+    rng = np.random.default_rng(12)
+    cuts = sorted(set(ends[:-1]) | set(rng.integers(1, len(comp), 40).tolist()))
+    aligned = 0
+    for cut in cuts:
+        p = write(tmp_path / "cut.dbn.zst", comp[:cut])
+        out_len = decoded_length(comp[:cut])
+        assert out_len >= 0
+        if out_len < prelude:  # cut inside the DBN header: nothing to keep
+            for how, fn in readers(p):
+                for kw in ({}, {"allow_truncated": True}):
+                    with pytest.raises(TruncatedFileError, match="header"):
+                        fn(**kw)
+            continue
+        want = (out_len - prelude) // 56
+        aligned += (out_len - prelude) % 56 == 0
+        for how, fn in readers(p):
+            with pytest.raises(TruncatedFileError) as err:
+                fn()
+            e = err.value
+            assert e.records_read == want, (cut, how)
+            assert e.byte_offset == prelude + want * 56
+            assert str(p) in str(e) and "allow_truncated=True" in str(e), (cut, how)
+            assert f"{want:,} whole records" in str(e)
+            kept = fn(allow_truncated=True)
+            if how == "load":
+                recs, flag = kept.records, kept.truncated
+            else:
+                recs = np.concatenate([c.records for c in kept])
+                flag = kept[-1].truncated
+                assert all(not c.truncated for c in kept[:-1])
+            assert flag is True and len(recs) == want
+            assert recs.tobytes() == plain[prelude: prelude + want * 56]
+            assert want < n_all or cut >= ends[-2]  # only the checksum can be missing
+    assert aligned >= 3  # record-aligned cuts (the silent case of issue #12) were tried
+    full = load(path)
+    assert len(full) == n_all and full.truncated is False
+
+
+def test_issue_example_cut_is_reported(tmp_path):
+    path = mbo_lab.write_synth(tmp_path / "s.dbn.zst", 20_000, seed=3, progress=False)
+    comp = path.read_bytes()
+    cut = write(tmp_path / "cut.dbn.zst", comp[: len(comp) * 7 // 10])
+    with pytest.raises(TruncatedFileError, match="frame did not end|incomplete record"):
+        load(cut)
+    with pytest.raises(TruncatedFileError):
+        mbo_lab.mbp(cut, levels=1)  # built on iter_chunks
+
+
+def test_written_zst_carry_checksums(clx5, tmp_path):
+    paths = [write_dbn(tmp_path / "w.dbn.zst", clx5.records[:2000]),
+             mbo_lab.write_synth(tmp_path / "s.dbn.zst", 3000, seed=1, progress=False)]
+    with DbnWriter(tmp_path / "d.dbn.zst") as w:
+        w.write(clx5.records[:10])
+    paths.append(tmp_path / "d.dbn.zst")
+    for p in paths:
+        head = p.read_bytes()[:5]
+        assert head[:4] == b"\x28\xb5\x2f\xfd" and head[4] & 0x04, p  # Content_Checksum_flag
+
+
+def test_bit_flips_in_checksummed_zst_raise_package_errors(clx5, tmp_path):
+    src = write_dbn(tmp_path / "src.dbn.zst", clx5.records[:8000])
+    comp = src.read_bytes()
+    # a flipped checksum byte: the data decodes, only the checksum can tell
+    bad = bytearray(comp)
+    bad[-2] ^= 0x10
+    p = write(tmp_path / "flip.dbn.zst", bytes(bad))
+    for how, fn in readers(p):
+        with pytest.raises(CorruptFileError) as err:
+            fn()
+        msg = str(err.value)
+        assert str(p) in msg and "checksum" in msg and "offset" in msg, how
+        assert err.value.byte_offset > 0 and err.value.records_read >= 0
+    # flips anywhere after the frame header: always a package error, never changed records
+    rng = np.random.default_rng(5)
+    for pos in rng.integers(6, len(comp), 60):
+        bad = bytearray(comp)
+        bad[pos] ^= 1 << int(rng.integers(0, 8))
+        p = write(tmp_path / "flip.dbn.zst", bytes(bad))
+        with pytest.raises(DataError) as err:
+            load(p)
+        assert str(p) in str(err.value)
+
+
+def test_bytes_after_last_frame_are_reported(clx5, tmp_path):
+    comp = write_dbn(tmp_path / "a.dbn.zst", clx5.records[:100]).read_bytes()
+    p = write(tmp_path / "tail.dbn.zst", comp + b"garbage!")
+    with pytest.raises(CorruptFileError, match="not the start of a Zstandard frame"):
+        load(p)
+    # a second frame and a skippable frame are fine (concatenated .zst)
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(comp)
+    half = 8 + struct.unpack("<I", raw[4:8])[0] + 50 * 56
+    skip = struct.pack("<II", 0x184D2A50, 3) + b"abc"
+    two = zst(raw[:half]) + skip + zst(raw[half:])
+    p = write(tmp_path / "two.dbn.zst", two)
+    assert load(p).records.tobytes() == clx5.records[:100].tobytes()
+    assert sum(len(c) for c in iter_chunks(p, 7)) == 100
+
+
+# ---- resource abuse: early checks, bounded memory
+
+
+def zero_bomb(prefix: bytes, total: int) -> bytes:
+    """``prefix`` then ``total`` zero bytes, as small concatenated zstd frames."""
+    block = zstandard.ZstdCompressor(level=19).compress(bytes(8 << 20))
+    return zst(prefix) + block * (total // (8 << 20))
+
+
+@pytest.mark.parametrize("kind", ["zeros", "header_then_zeros", "record_then_zeros"])
+@pytest.mark.parametrize("how", ["load", "iter_chunks"])
+def test_zstd_bomb_rejected_early_with_bounded_memory(clx5_raw, tmp_path, kind, how):
+    import tracemalloc
+
+    prefix = {"zeros": b"", "header_then_zeros": clx5_raw[:CLX5_PRELUDE],
+              "record_then_zeros": clx5_raw[:CLX5_PRELUDE + 56]}[kind]
+    p = write(tmp_path / "bomb.dbn.zst", zero_bomb(prefix, 1200 << 20))  # 1.2 GB inside
+    assert p.stat().st_size < 200_000
+    fn = dict(readers(p))[how]
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as err:
+            fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(err.value, (NotDbnError, WrongSchemaError))
+    assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB held before rejecting"
+    if kind == "record_then_zeros":
+        assert "record 1 has rtype 0x00" in str(err.value)
+
+
+def test_iter_chunks_zst_memory_is_bounded(tmp_path):
+    import tracemalloc
+
+    p = mbo_lab.write_synth(tmp_path / "m.dbn.zst", 200_000, seed=2, progress=False)
+    tracemalloc.start()
+    try:
+        n = 0
+        for c in iter_chunks(p, 5_000):
+            n += len(c)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 200_000
+    assert peak < 5_000 * 56 * 3 + (12 << 20), peak  # chunks + one decoder step, not 11 MB file
+
+
+def test_iter_chunks_plain_maps_once_and_yields_views(clx5_path, clx5):
+    chunks = list(iter_chunks(clx5_path, 10_000))
+    assert [c.first_index for c in chunks] == [0, 10_000, 20_000, 30_000]
+    mapped = {id(c._mapped) for c in chunks}
+    assert len(mapped) == 1 and chunks[0].memory_mapped
+    for c in chunks:
+        assert not c.records.flags.owndata and not c.records.flags.writeable
+        assert c.symbols == clx5.symbols and c.metadata == clx5.metadata
+    assert np.concatenate([c.records for c in chunks]).tobytes() == clx5.records.tobytes()
+
+
+def test_plain_allow_truncated_marks_data(clx5_raw, tmp_path):
+    p = write(tmp_path / "cut.dbn", clx5_raw[: CLX5_PRELUDE + 1000 * 56 + 9])
+    data = load(p, allow_truncated=True)
+    assert len(data) == 1000 and data.truncated and data[10:20].truncated
+    chunks = list(iter_chunks(p, 300, allow_truncated=True))
+    assert [c.truncated for c in chunks] == [False, False, False, True]
+    assert "TRUNCATED" in repr(data) and data.summary()["truncated"] is True
+    assert load(write(tmp_path / "ok.dbn", clx5_raw[: CLX5_PRELUDE + 56])).truncated is False
+
+
+def test_load_zst_is_read_only_and_early_rtype_check(clx5, tmp_path):
+    recs = clx5.records[:3000].copy()
+    recs["rtype"][2500] = 0x01
+    p = write_dbn(tmp_path / "bad.dbn.zst", recs)
+    with pytest.raises(WrongSchemaError, match="record 2,500 has rtype 0x01"):
+        load(p)
+    good = load(write_dbn(tmp_path / "good.dbn.zst", clx5.records[:3000]))
+    assert not good.records.flags.writeable and not good.memory_mapped
+    good.check_unchanged()  # no-op for data in memory
+
+
+# ---- memory-mapped files changed after load()
+
+
+@pytest.fixture()
+def mapped(clx5, tmp_path):
+    p = write_dbn(tmp_path / "m.dbn", clx5.records[:20_000], symbols=clx5.symbols)
+    return p, load(p)
+
+
+@pytest.mark.parametrize("change", ["truncate", "rewrite_same_size", "replace", "delete"])
+def test_check_unchanged_detects_changes(mapped, change):
+    import os
+
+    p, data = mapped
+    assert data.memory_mapped
+    data.check_unchanged()
+    kept = data.copy()
+    if change == "truncate":
+        os.truncate(p, 5_000)
+    elif change == "rewrite_same_size":
+        raw = p.read_bytes()
+        st = p.stat()
+        p.write_bytes(raw)
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    elif change == "replace":
+        tmp = p.with_name("new.dbn")
+        tmp.write_bytes(p.read_bytes())
+        os.replace(tmp, p)
+    else:
+        p.unlink()
+    with pytest.raises(FileChangedError) as err:
+        data.check_unchanged()
+    assert isinstance(err.value, DataError)
+    assert str(p) in str(err.value) and "load" in str(err.value)
+    for call in (data.to_df, data.summary, lambda: data[10:20], lambda: data.between(0, 1),
+                 data.copy, lambda: data.start_ns):
+        with pytest.raises(FileChangedError):
+            call()
+    assert "changed" in repr(data) and "changed" in data._repr_html_()
+    assert len(kept.to_df()) == 20_000 and not kept.memory_mapped  # a copy is detached
+
+
+def test_truncated_in_place_does_not_kill_the_process(clx5, tmp_path):
+    """Without the check, touching the records after the cut dies of SIGBUS."""
+    import subprocess
+    import sys
+
+    p = write_dbn(tmp_path / "t.dbn", clx5.records)
+    code = (
+        "import os, sys, mbo_lab\n"
+        "from mbo_lab.errors import FileChangedError\n"
+        f"d = mbo_lab.load({str(p)!r}); part = d[30000:]\n"
+        f"os.truncate({str(p)!r}, 4096)\n"
+        "for f in (d.to_df, d.summary, part.to_df, lambda: d.between(0, 1)):\n"
+        "    try:\n        f()\n    except FileChangedError:\n        pass\n"
+        "    else:\n        sys.exit(3)\n"
+        "print(repr(d)[:40])\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    assert "changed" in res.stdout
+
+
+def test_iter_chunks_plain_stops_when_file_changes(clx5, tmp_path):
+    import os
+
+    p = write_dbn(tmp_path / "c.dbn", clx5.records[:10_000])
+    it = iter_chunks(p, 1_000)
+    first = next(it)
+    assert len(first) == 1_000
+    os.truncate(p, 20_000)
+    with pytest.raises(FileChangedError, match="truncated in place"):
+        next(it)
+
+
+def test_mapped_data_pickles_as_a_copy(mapped):
+    import pickle
+
+    _, data = mapped
+    back = pickle.loads(pickle.dumps(data[5:50]))
+    assert back.records.tobytes() == data.records[5:50].tobytes()
+    assert back.first_index == 5 and not back.memory_mapped
+
+
+# ---- non-ASCII action/side bytes
+
+
+def test_non_ascii_action_and_side_are_shown_and_counted(clx5, tmp_path):
+    recs = clx5.records[:1000].copy()
+    recs["action"][[3, 7]] = b"\xff"
+    recs["side"][5] = b"\x80"
+    recs["action"][9] = b"\x00"
+    data = load(write_dbn(tmp_path / "odd.dbn", recs, symbols=clx5.symbols))
+    s = data.summary()
+    assert s["actions"]["\\xff"] == 2 and s["actions"]["\\x00"] == 1
+    assert s["sides"]["\\x80"] == 1
+    assert s["bad_action"] == 3 and s["bad_side"] == 1
+    assert sum(s["actions"].values()) == sum(s["sides"].values()) == 1000
+    assert "\\xff" in repr(data) and "bad_action=3" in repr(data)
+    assert "\\xff" in data._repr_html_()
+    df = data.to_df()
+    assert df["action"].astype(str).iloc[3] == "\\xff" and df["side"].astype(str).iloc[5] == "\\x80"
+    assert (df["action"].astype(str).to_numpy()[10:] == recs["action"][10:].astype("U1")).all()
+    clean = clx5[:1000].summary()
+    assert clean["bad_action"] == 0 and clean["bad_side"] == 0
+
+
+# ---- special inputs
+
+
+def all_readers(path: Path):
+    return readers(path) + [("check_input_path", lambda **kw: check_input_path(path))]
+
+
+def assert_input_error(path: Path, *words: str) -> None:
+    for how, fn in all_readers(path):
+        with pytest.raises(InputPathError) as err:
+            fn()
+        msg = str(err.value)
+        assert str(path) in msg, how
+        for w in words:
+            assert w in msg, (how, w, msg)
+
+
+def test_special_inputs_name_the_real_cause(tmp_path):
+    import os
+
+    assert_input_error(tmp_path / "no" / "missing.dbn", "not found", "does not exist")
+    assert_input_error(tmp_path, "is a directory")
+    assert "not found" not in str(pytest.raises(DataError, load, tmp_path).value)
+    loop = tmp_path / "loop.dbn"
+    os.symlink(loop, loop)
+    assert_input_error(loop, "symbolic link loop")
+    dangling = tmp_path / "dangling.dbn"
+    os.symlink(tmp_path / "gone.dbn", dangling)
+    assert_input_error(dangling, "missing target")
+    afile = write(tmp_path / "plain.txt", b"x")
+    assert_input_error(afile / "inside.dbn", "not a folder")
+    assert_input_error(Path("/dev/null"), "character device")
+
+
+def test_fifo_is_refused_without_hanging(tmp_path):
+    import os
+    import signal
+
+    fifo = tmp_path / "pipe.dbn.zst"
+    os.mkfifo(fifo)
+    old = signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError()))
+    signal.alarm(10)
+    try:
+        assert_input_error(fifo, "named pipe")
+        with pytest.raises(InputPathError):
+            mbo_lab.mbp(fifo, levels=1)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_unreadable_file(clx5, tmp_path, monkeypatch):
+    import os
+
+    p = write_dbn(tmp_path / "secret.dbn", clx5.records[:10])
+    if os.geteuid() != 0:  # root reads anything: simulate the refusal instead
+        p.chmod(0)
+        assert_input_error(p, "permission denied")
+        p.chmod(0o644)
+    real_open = os.open
+
+    def deny(path, *a, **kw):
+        if str(path) == str(p):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(os, "open", deny)
+    assert_input_error(p, "permission denied")
+
+
+def test_check_input_path_returns_path(clx5_path):
+    assert check_input_path(str(clx5_path)) == Path(clx5_path)
+    assert issubclass(InputPathError, DataError) and issubclass(CorruptFileError, NotDbnError)
+    assert issubclass(FileChangedError, DataError) and issubclass(DataError, MboLabError)

@@ -233,7 +233,7 @@ def check_input_path(path: str | os.PathLike) -> Path:
 
 _ZSTD_FRAME_MAGIC = 0xFD2FB528
 _BLOCK_MAX = 1 << 17           # zstd blocks decompress to at most 128 KiB
-_FEED_BYTES = 1 << 20          # compressed bytes fed to the decoder per step (at most)
+_FEED_BYTES = 1                # feed the decoder block by block: exact error positions
 _FEED_OUT = 8 << 20            # decompressed bytes produced per step (at most)
 _READ_BYTES = 1 << 20
 
@@ -987,8 +987,7 @@ def _load_zst(fh: BinaryIO, where: str, allow_truncated: bool, progress: bool | 
                                             offset=checked * RECORD_SIZE), where, checked)
                 checked = n
             if bar is not None:
-                bar.n = src.z.offset
-                bar.refresh()
+                bar.update(src.z.offset - bar.n)
     finally:
         if bar is not None:
             bar.close()
@@ -1170,13 +1169,12 @@ def _zst_chunks(fh: BinaryIO, where: str, chunk_records: int, allow_truncated: b
             pending += piece
             # keep at least one byte back: the last chunk is only known at the end
             while len(pending) - pos > want:
-                chunk = make(bytes(pending[pos: pos + want]))
+                chunk = make(bytes(memoryview(pending)[pos: pos + want]))
                 pos += want
                 yield chunk
                 index += chunk_records
             if bar is not None:
-                bar.n = src.z.offset
-                bar.refresh()
+                bar.update(src.z.offset - bar.n)
         rest = len(pending) - pos
         cut = src.z.truncated
         n = _check_body(rest, src.offset + index * RECORD_SIZE, where, allow_truncated,
@@ -1185,7 +1183,8 @@ def _zst_chunks(fh: BinaryIO, where: str, chunk_records: int, allow_truncated: b
         for lo in range(0, n, chunk_records):
             k = min(chunk_records, n - lo)
             last = lo + k >= n
-            chunk = make(bytes(pending[pos: pos + k * RECORD_SIZE]), truncated and last)
+            chunk = make(bytes(memoryview(pending)[pos: pos + k * RECORD_SIZE]),
+                         truncated and last)
             pos += k * RECORD_SIZE
             yield chunk
             index += k
