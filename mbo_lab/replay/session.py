@@ -16,6 +16,18 @@ F_LAST record, so a published state is always complete.
 >>> s = mbo_lab.open()            # demo data                  # doctest: +SKIP
 >>> s.step(10); s.frame().bbo     # 10 events forward          # doctest: +SKIP
 >>> s.seek(time="2025-09-24 21:50")                           # doctest: +SKIP
+
+Views read the market around the position through the kernel, from checkpoints, without
+moving the session: :meth:`Session.liquidity` (the liquidity grid of any window),
+:meth:`Session.trades_between`, :meth:`Session.history` (the BBO path before the position),
+plus :attr:`Session.tick` and :attr:`Session.time_zone`.
+
+Opening a day
+-------------
+Opening makes passes over the (memory-mapped) records that copy nothing: one Numba pass
+counts the books, one kernel pass takes checkpoints (by default every 250,000 records or
+1/64 of the stream, whichever is smaller, at least 20,000). No per-record index is kept:
+F_LAST positions, a book's last record and trades are found by short scans.
 """
 
 from __future__ import annotations
@@ -41,8 +53,10 @@ from ..io.records import (
     FIXED_PRICE_SCALE,
     UNDEF_PRICE,
     flag_names,
+    kernel_view,
     px_to_float,
 )
+from . import scan, views
 
 __all__ = ["Session", "Frame", "open_session", "SPEED_MAX"]
 
@@ -87,6 +101,10 @@ class Frame:
     playing: bool = False
     speed: float = 1.0
     progress: float = 0.0
+    #: The last record of the selected book at or before ``record_index`` (for the
+    #: inspector: ``record`` may belong to another book), None before its first record.
+    book_record: dict[str, Any] | None = None
+    book_record_index: int = -1
 
     @property
     def best_bid(self) -> float:
@@ -133,7 +151,8 @@ class Frame:
             "trades": [list(t) for t in self.trades], "counters": self.counters,
             "live_orders": self.live_orders, "record": self.record, "effect": self.effect,
             "playing": self.playing, "speed": None if self.speed == SPEED_MAX else self.speed,
-            "progress": self.progress,
+            "progress": self.progress, "book_record": self.book_record,
+            "book_record_index": self.book_record_index,
         }
 
 
@@ -167,7 +186,8 @@ class Session:
     fps : float, optional
         Maximum frames per second (``MBO_LAB_FPS``, default 30).
     checkpoint_every : int, optional
-        Records between checkpoints (default: about 1/64 of the stream, at least 20,000).
+        Records between checkpoints (default: 1/64 of the stream, at most 250,000 and at
+        least 20,000; a seek replays at most this many records).
     instrument_id, publisher_id : int, optional
         The book to publish; defaults to the book with the most records.
     progress : bool, optional
@@ -189,25 +209,27 @@ class Session:
         n = len(recs)
         if n == 0:
             raise MboLabError("the source holds no records; nothing to replay")
-        self._flags_last = np.flatnonzero(recs["flags"] & F_LAST)
-        if len(self._flags_last) == 0:
+        t_open = _time.perf_counter()
+        self._kv = kernel_view(recs)
+        self._book_counts, n_last, self._first_last = scan.books(self._kv)
+        if n_last == 0:
             raise MboLabError(
                 "the source has no record with F_LAST (0x80), so it has no complete book "
                 "state to show; check that it is Databento MBO data"
             )
         self._ts = recs["ts_recv"]
-        keys = (recs["instrument_id"].astype(np.int64) << 16) | recs["publisher_id"]
-        uniq, counts = np.unique(keys, return_counts=True)
-        self.books: list[tuple[int, int]] = [(int(k >> 16), int(k & 0xFFFF)) for k in uniq]
-        self._book_counts = dict(zip(self.books, counts.tolist()))
-        self._trade_idx = np.flatnonzero(recs["action"] == b"T")
+        self.books: list[tuple[int, int]] = list(self._book_counts)
+        self._ticks: dict[tuple[int, int], int] = {}
+        self._time_zone: str | None = None
+        self._lazy: dict[str, Any] = {}
         self._select(instrument_id, publisher_id)
         self.engine = NumbaEngine(levels=1, trades=False)
         self.position = 0
         self.seq = 0
         self.clock = _Clock(market_ns=int(self._ts[0]))
         self._build_checkpoints(checkpoint_every, progress)
-        self._goto(int(self._flags_last[0]) + 1)
+        self.open_seconds = _time.perf_counter() - t_open
+        self._goto(self._first_last + 1)
 
     # ---------------------------------------------------------------- selection
     def _select(self, instrument_id: int | None, publisher_id: int | None) -> None:
@@ -223,8 +245,23 @@ class Session:
                 )
             iid, pub = max(cands, key=self._book_counts.get)
         self.instrument_id, self.publisher_id = iid, pub
-        mask = self.data.records["instrument_id"][self._trade_idx] == iid
-        self._book_trades = self._trade_idx[mask]
+        self._key = np.int64((iid << 16) | pub)
+
+    @property
+    def _flags_last(self) -> np.ndarray:
+        """Indices of every F_LAST record (built on first use only; prefer the scans)."""
+        if "flags_last" not in self._lazy:
+            self._lazy["flags_last"] = np.flatnonzero(self.data.records["flags"] & F_LAST)
+        return self._lazy["flags_last"]
+
+    @property
+    def _book_trades(self) -> np.ndarray:
+        """Indices of the selected book's Trade records (built on first use per book)."""
+        k = ("trades", int(self._key))
+        if k not in self._lazy:
+            self._lazy[k] = views._trades(self, 0, len(self.data), self._key, None
+                                          )["record_index"].to_numpy()
+        return self._lazy[k]
 
     def select(self, instrument_id: int, publisher_id: int | None = None) -> None:
         """Publish another book (the state of every book is kept; nothing is replayed)."""
@@ -234,8 +271,13 @@ class Session:
     # ---------------------------------------------------------------- checkpoints
     def _build_checkpoints(self, every: int | None, progress: bool | None) -> None:
         n = len(self.data)
-        every = every or max(20_000, n // 64)
+        every = int(every or max(20_000, min(n // 64, 250_000)))
+        if every < 1:
+            raise MboLabError(f"checkpoint_every must be >= 1, got {every}")
         self.checkpoint_every = every
+        check = getattr(self.data, "check_unchanged", None)
+        if check is not None:
+            check()
         self._checkpoints: list[_Checkpoint] = [_Checkpoint(0, self.engine.state.copy())]
         bar = None
         if progress or (progress is None and n > 5_000_000):
@@ -252,6 +294,7 @@ class Session:
                 bar.update(hi - lo)
         if bar is not None:
             bar.close()
+        self._cp_positions = np.array([c.position for c in self._checkpoints], np.int64)
         self.final_counters = self.engine.counters
         self.load_seconds = _time.perf_counter() - t0
         self.position = n
@@ -261,7 +304,7 @@ class Session:
     def _restore_to(self, target: int) -> None:
         """Make the engine state equal to 'records [0, target) applied'."""
         if not (self.position <= target and target - self.position <= self.checkpoint_every):
-            k = int(np.searchsorted([c.position for c in self._checkpoints], target, "right")) - 1
+            k = int(np.searchsorted(self._cp_positions, target, "right")) - 1
             cp = self._checkpoints[k]
             self.engine.state.restore(cp.state)
             self.position = cp.position
@@ -271,8 +314,8 @@ class Session:
 
     def _snap(self, target: int) -> int:
         """Largest 'position after an F_LAST record' <= target (at least the first one)."""
-        k = int(np.searchsorted(self._flags_last, target - 1, "right")) - 1
-        return int(self._flags_last[max(k, 0)]) + 1
+        j = int(scan.prev_last(self._kv, int(target) - 1, -1)) if target > 0 else -1
+        return (j if j >= 0 else self._first_last) + 1
 
     def _goto(self, target: int) -> None:
         target = self._snap(max(1, min(int(target), len(self.data))))
@@ -300,9 +343,7 @@ class Session:
         if (index is None) == (time is None):
             raise MboLabError("seek takes exactly one of index= or time=")
         if time is not None:
-            ts = pd.Timestamp(time)
-            ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
-            index = int(np.searchsorted(self._ts, np.uint64(ts.value), "right")) - 1
+            index = int(scan.search_ts(self._kv, views.to_ns(time, 0), True)) - 1
         if not 0 <= index < len(self.data):
             raise MboLabError(f"record index {index} is outside 0..{len(self.data) - 1}")
         self._goto(index + 1)
@@ -310,9 +351,8 @@ class Session:
 
     def step(self, n: int = 1) -> Frame:
         """Move ``n`` F_LAST events forward (negative: back)."""
-        k = int(np.searchsorted(self._flags_last, self.position - 1))
-        k = max(0, min(len(self._flags_last) - 1, k + int(n)))
-        self._goto(int(self._flags_last[k]) + 1)
+        j = int(scan.nth_last(self._kv, self.position - 1, int(n)))
+        self._goto(j + 1)
         return self.frame()
 
     def back(self, n: int = 1) -> Frame:
@@ -334,12 +374,14 @@ class Session:
         top = self.engine.top(iid, pub, self.levels)
         i = self.record_index
         rec = self.data.records[i]
-        t_hi = int(np.searchsorted(self._book_trades, i, "right"))
+        last = np.zeros(20, np.int64)
+        k = int(scan.last_trades(self._kv, i, self._key, 20, last))
         trades = []
-        for j in self._book_trades[max(0, t_hi - 20): t_hi]:
+        for j in last[:k]:
             r = self.data.records[j]
             trades.append((int(r["ts_recv"]), float(px_to_float(int(r["price"]))),
                            int(r["size"]), r["side"].decode()))
+        bi = int(scan.prev_of_book(self._kv, i, self._key))
         return Frame(
             seq=self.seq, position=self.position, record_index=i,
             ts_recv=int(rec["ts_recv"]), ts_event=int(rec["ts_event"]),
@@ -353,6 +395,8 @@ class Session:
             record=describe_record(rec), effect=record_effect(rec),
             playing=self.clock.playing, speed=self.clock.speed,
             progress=self.position / len(self.data),
+            book_record=describe_record(self.data.records[bi]) if bi >= 0 else None,
+            book_record_index=bi,
         )
 
     def subscribe(self, callback: Callable[[Frame], None]) -> Callable[[], None]:
@@ -399,16 +443,23 @@ class Session:
         """Move the clock by ``wall_seconds`` of wall time at the current speed and apply
         the records it reaches (snapped to F_LAST); publish if the frame budget allows.
 
-        Returns False at the end of the data. At ``SPEED_MAX`` each call applies up to
-        ``max_records`` records, so "as fast as possible" still plays visibly. The play
-        task calls this every frame; it is public so that scripts and tests can drive the
-        clock without an event loop.
+        Returns False at the end of the data. At ``SPEED_MAX`` each call moves to the next
+        state of the selected book (at most ``max_records`` records on), so "as fast as
+        possible" plays every state of the book at the frame rate instead of jumping to the
+        end. The play task calls this every frame; it is public so that scripts and tests
+        can drive the clock without an event loop.
         """
         n = len(self.data)
         if self.position >= n:
             return False
         if self.clock.speed == SPEED_MAX:
-            target = min(n, self.position + max_records)
+            stop = min(n, self.position + max(1, int(max_records)))
+            j = int(scan.next_last(self._kv, self.position, stop, self._key))
+            target = j + 1 if j >= 0 else stop
+            if j < 0 and self._snap(target) <= self.position and target < n:
+                # no F_LAST of any book within max_records: go to the next one anywhere
+                j = int(scan.next_last(self._kv, self.position, n, -1))
+                target = j + 1 if j >= 0 else n
         else:
             self.clock.market_ns += int(wall_seconds * self.clock.speed * 1e9)
             target = int(np.searchsorted(self._ts, np.uint64(self.clock.market_ns), "right"))
@@ -426,19 +477,40 @@ class Session:
         return self.position < n
 
     def play(self, speed: float | None = None) -> None:
-        """Start the clock as an asyncio task on the running loop (Jupyter's kernel loop)."""
+        """Start the clock as an asyncio task on the running event loop (Jupyter's kernel
+        loop) and return at once.
+
+        Outside a running loop (a plain script) it raises :class:`MboLabError`: use
+        ``await session.run()`` (e.g. inside ``asyncio.run``), or drive the clock with
+        :meth:`advance`."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise MboLabError(
+                "Session.play() needs a running asyncio event loop and none is running here. "
+                "In Jupyter call it from a cell (the kernel's loop runs there); in a script "
+                "use `asyncio.run(session.run())` (or `await session.run()` in a coroutine), "
+                "or drive the clock yourself with session.advance(seconds)"
+            ) from None
         if speed is not None:
             self.set_speed(speed)
         if self.clock.playing:
             return
         if self.position >= len(self.data):
             self._goto(1)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = asyncio.get_event_loop()
         self.clock.playing = True
         self.clock.task = loop.create_task(self._run())
+
+    async def run(self, speed: float | None = None) -> None:
+        """Play until the end of the data or :meth:`pause` (a coroutine: ``await
+        session.run()`` or ``asyncio.run(session.run())`` in a script)."""
+        self.play(speed)
+        task = self.clock.task
+        if task is not None:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
 
     def pause(self) -> None:
         """Stop the clock (the state stays where it is)."""
@@ -467,6 +539,88 @@ class Session:
         except Exception:
             log.exception("replay clock stopped by an error")
             self.clock.playing = False
+
+    # ---------------------------------------------------------------- views
+    def liquidity(self, start: Any = None, end: Any = None, *, time_bins: int = 1000,
+                  price_rows: int = 400, price_lo: float | None = None,
+                  price_hi: float | None = None, tick_multiple: int | None = None,
+                  progress: bool | None = None, large_k: float = 5.0) -> Any:
+        """Resting liquidity of the selected book on a time x price grid, computed by the
+        kernel from the nearest checkpoint before ``start`` (a zoomed window costs only its
+        records); see :class:`mbo_lab.book.grid.LiquidityGrid` for what a cell means.
+
+        ``start``/``end``: ns ints, anything ``pd.Timestamp`` takes (naive = UTC) or None
+        (the whole stream). ``time_bins`` bins over ``[start, end)``; ``price_rows`` rows,
+        each ``tick_multiple`` ticks wide (default: the smallest multiple that covers the
+        range). The price range defaults to the window's trades and the touch at its start,
+        padded 10 %; ``price_lo``/``price_hi`` (currency units) set it. ``progress``: a
+        progress bar (None: only when the pass lasts over 2 s). Large orders are those with
+        ``size >= large_k x`` the median Add size of the window. The session's position
+        does not move."""
+        return views.liquidity(self, start, end, time_bins=time_bins, price_rows=price_rows,
+                               price_lo=price_lo, price_hi=price_hi,
+                               tick_multiple=tick_multiple, progress=progress,
+                               large_k=large_k)
+
+    def trades_between(self, start: Any = None, end: Any = None, max_trades: int = 5000
+                       ) -> pd.DataFrame:
+        """Trades of the selected book with ``start <= ts_recv < end`` (None = open end):
+        index ``ts_recv`` (UTC); columns ``price`` (float), ``size`` (lots), ``side``
+        ('B' buyer / 'A' seller aggressor, 'N' none) and ``record_index``. With more than
+        ``max_trades`` trades, the largest are kept (in time order)."""
+        return views.trades_between(self, start, end, max_trades)
+
+    def history(self, points: int = 600, span_ns: int | None = None) -> pd.DataFrame:
+        """The selected book's BBO on a regular grid of ``points`` times ending at the
+        current record (``span_ns`` long, default 30 minutes, cut at the data start),
+        computed by the kernel from checkpoints (not from played frames). Columns ``bid``,
+        ``ask``, ``mid`` (float; NaN when a side is empty, mid NaN when crossed); row ``k``
+        is the state in effect at its index time. ``df.attrs["trades"]`` holds the trades
+        of the same window (columns as :meth:`trades_between`), ``df.attrs["window"]``
+        the window ``(t0, t_end)`` in ns."""
+        return views.history(self, points, span_ns)
+
+    def tick_of(self, instrument_id: int, publisher_id: int) -> float:
+        """Price increment of one book (currency units), inferred from its prices."""
+        g = self._tick_fixed(int(instrument_id), int(publisher_id))
+        return g / FIXED_PRICE_SCALE if g > 0 else 0.01
+
+    def _tick_fixed(self, iid: int, pub: int) -> int:
+        k = (iid, pub)
+        if k not in self._ticks:
+            self._ticks[k] = views.infer_tick(self._kv, (iid << 16) | pub)
+        return self._ticks[k]
+
+    @property
+    def tick(self) -> float:
+        """The selected instrument's price increment (currency units), from the data: the
+        GCD of the differences between its prices over all its books (exact for top-of-book
+        feeds and any book whose prices sit on the tick grid); 0.01 if it cannot be told."""
+        g = 0
+        for i, p in self.books:
+            if i == self.instrument_id:
+                g = int(np.gcd(g, self._tick_fixed(i, p)))
+        return g / FIXED_PRICE_SCALE if g > 0 else 0.01
+
+    @property
+    def time_zone(self) -> str:
+        """Exchange time zone (IANA name) guessed from the dataset / publisher
+        (GLBX/CME -> "America/Chicago", else "UTC"); assign to override."""
+        if self._time_zone is None:
+            self._time_zone = views.guess_time_zone(self.data.metadata.dataset,
+                                                    sorted({p for _, p in self.books}))
+        return self._time_zone
+
+    @time_zone.setter
+    def time_zone(self, value: str) -> None:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(str(value))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise MboLabError(f"unknown time zone {value!r}; use an IANA name such as "
+                              "'America/Chicago' or 'UTC'") from exc
+        self._time_zone = str(value)
 
     # ---------------------------------------------------------------- serving
     def serve(self, host: str | None = None, port: int | None = None,
