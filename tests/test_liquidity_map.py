@@ -297,20 +297,28 @@ def test_one_minute_window_payload_bounded(session):
 
 def test_click_in_seek_mode_moves_the_session(lmap, session):
     lmap.mode.value = "seek"
-    assert lmap.figure.interaction is lmap.picker
+    assert lmap.figure.interaction is None and lmap.hit.visible
     ts = session.data.records["ts_recv"]
-    target = int(ts[len(ts) // 3])
     before = session.position
-    lmap.picker.selected = np.array([(target - lmap.origin_ns) / 1e9])  # the browser click
+    # the seek columns cover the window, a pixel column each
+    s, e, _, _ = lmap.window
+    k = len(lmap.hit.x) // 3
+    assert len(lmap.hit.x) == lmap.width_px
+    width = (e - s) / len(lmap.hit.x)
+    target = int(s + (k + 0.5) * width)
+    assert abs(lmap.origin_ns + lmap.hit.x[k] * 1e9 - target) < 2e3
+    # what the browser sends for a click on column k
+    lmap.hit._handle_custom_msgs(None, {"event": "element_click",
+                                        "data": {"index": k, "x": lmap.hit.x[k]}})
     assert session.position != before
     assert int(ts[session.position - 1]) <= target
-    assert target - int(ts[session.position - 1]) < 10**9
+    assert target - int(ts[session.position - 1]) < width + 10**9
     # the session published the new frame: the cursor follows it
     cur_ns = lmap.origin_ns + lmap.cursor.x[0] * 1e9
     assert abs(cur_ns - int(ts[session.position - 1])) < 1e3
     assert lmap.seeks == 1
     lmap.mode.value = "pan/zoom"
-    assert lmap.figure.interaction is lmap.panzoom
+    assert lmap.figure.interaction is lmap.panzoom and not lmap.hit.visible
 
 
 def test_cursor_throttled_while_playing(session):

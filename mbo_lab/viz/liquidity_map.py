@@ -288,6 +288,13 @@ class LiquidityMap(W.VBox):
                                stroke_width=1.5, line_style="dashed",
                                scales={"x": self.x_scale, "y": self.unit_scale},
                                visible=False)
+        # "seek" mode: invisible full-height columns that catch clicks (bqplot's selectors
+        # report no single click position; a mark's element_click does)
+        self.hit = bq.Bars(x=_f64([0, 1]), y=_f64([1, 1]), colors=[CURSOR], opacities=[0.0],
+                           padding=0.0, base=0.0, stroke_width=0,
+                           scales={"x": self.x_scale, "y": self.unit_scale}, visible=False)
+        self.hit.on_element_click(self._on_hit)
+        self._hit_ns = np.zeros(2, dtype=np.int64)
         self.time_axis = bq.Axis(scale=self.x_scale, label=self._time_label(),
                                  grid_lines="none", tick_values=_f64([0]), tick_labels={},
                                  label_offset="32px")
@@ -295,18 +302,18 @@ class LiquidityMap(W.VBox):
                                   label_offset="54px", grid_lines="none", tick_format=".2f")
         margin = {"top": 8, "bottom": 44, "left": 70, "right": 8}
         self.figure = bq.Figure(
-            marks=[self.heat, self.large, self.bbo_lines, self.trades, self.cursor],
+            marks=[self.heat, self.large, self.bbo_lines, self.trades, self.cursor,
+                   self.hit],
             axes=[self.time_axis, self.price_axis], animation_duration=0,
             fig_margin=margin, background_style={"fill": "transparent"},
             layout=W.Layout(width="100%", height=f"{self.height_px + 52}px",
                             min_width="300px", flex="1 1 auto"))
         self.figure.add_class("mbo-map-figure")
-        from bqplot.interacts import BrushSelector, IndexSelector, PanZoom
+        from bqplot.interacts import BrushSelector, PanZoom
 
         self.panzoom = PanZoom(scales={"x": [self.x_scale], "y": [self.y_scale]})
         self.brush = BrushSelector(x_scale=self.x_scale, y_scale=self.y_scale,
                                       color=CURSOR)
-        self.picker = IndexSelector(scale=self.x_scale, color=CURSOR, line_width=1)
         self.figure.interaction = self.panzoom
 
         # volume profile strip (same price scale, same vertical margins)
@@ -336,7 +343,8 @@ class LiquidityMap(W.VBox):
         self.mode = W.ToggleButtons(options=list(_MODES), value="pan/zoom",
                                     tooltips=["wheel zooms, drag pans",
                                               "drag a box to zoom into it",
-                                              "click a time to seek the replay there"],
+                                              "click a time to seek the replay there "
+                                              "(the ladder and all views follow)"],
                                     style={"button_width": "78px"})
         self.mode.add_class("mbo-map-mode")
         self.zoom_in_button = button("+", "zoom in (time and price, x2)", "mbo-map-zoom-in")
@@ -378,7 +386,6 @@ class LiquidityMap(W.VBox):
         for sc in (self.x_scale, self.y_scale):
             sc.observe(self._on_domain, ["min", "max"])
         self.brush.observe(self._on_brush, "brushing")
-        self.picker.observe(self._on_pick, "selected")
 
         tools = W.HBox([self.mode, self.zoom_in_button, self.zoom_out_button,
                         self.left_button, self.right_button, self.reset_button,
@@ -573,9 +580,7 @@ class LiquidityMap(W.VBox):
                     self.y_scale.min, self.y_scale.max = float(lo), float(hi)
             finally:
                 self._own -= 1
-            with self.time_axis.hold_sync():
-                self.time_axis.tick_values = tv
-                self.time_axis.tick_labels = tl
+            self._set_ticks(tv, tl)
             nbytes += tv.nbytes
             if self.price_axis.tick_format != f".{dec}f":
                 self.price_axis.tick_format = f".{dec}f"
@@ -586,6 +591,7 @@ class LiquidityMap(W.VBox):
             nbytes += self._send_trades(trades)
             nbytes += self._send_large(getattr(grid, "large_orders", None), s, e)
             nbytes += self._send_profile(grid, yc, tick)
+            nbytes += self._send_hit(s, e)
         self.grid = grid
         self.window = (int(s), int(e), float(lo), float(hi))
         self.updates += 1
@@ -649,6 +655,19 @@ class LiquidityMap(W.VBox):
             self.large.visible = True
         return x.nbytes + y.nbytes
 
+    def _send_hit(self, s: int, e: int, columns: int = 1000) -> int:
+        """The seek columns: even slices of the window, one per pixel column of the map
+        (at most ``columns``); a click seeks to the middle of its slice."""
+        n = int(max(2, min(columns, self.width_px)))
+        edges = np.linspace(s, e, n + 1)
+        mid = ((edges[:-1] + edges[1:]) / 2).astype(np.int64)
+        self._hit_ns = mid
+        x = _f64(self._x(mid))
+        y = np.ones(n, dtype=np.float64)
+        with self.hit.hold_sync():
+            self.hit.x, self.hit.y = x, y
+        return x.nbytes + y.nbytes
+
     def _send_profile(self, grid: Any, yc: np.ndarray, tick: float) -> int:
         buy = np.nan_to_num(np.asarray(grid.buy_volume, dtype=np.float64)).sum(axis=0)
         sell = np.nan_to_num(np.asarray(grid.sell_volume, dtype=np.float64)).sum(axis=0)
@@ -695,11 +714,26 @@ class LiquidityMap(W.VBox):
         # keep the axis labels right at once (cheap); the data follows after the debounce
         tv, tl = time_ticks(self._ns_of_x(xs), self._ns_of_x(xe), self.origin_ns,
                             self.time_zone)
-        with self.time_axis.hold_sync():
-            self.time_axis.tick_values, self.time_axis.tick_labels = tv, tl
+        self._set_ticks(tv, tl)
         if self._pending_since is None:
             self._pending_since = self.clock()
         self._schedule()
+
+    def _set_ticks(self, values: np.ndarray, labels: dict[str, str], *,
+                   relabel: bool = False) -> None:
+        """New time ticks: the labels go first, in their own message, holding the old
+        ticks' labels too. (bqplot's axis redraws new tick values in a d3 transition that
+        captures the formatter of that moment, so labels sent with or after the values
+        would be overwritten by the old ones.)"""
+        ax = self.time_axis
+        if np.array_equal(ax.tick_values, values) and ax.tick_labels == labels:
+            return
+        old = {} if relabel else {k: v for k, v in (ax.tick_labels or {}).items()
+                                  if k in {js_number_key(x) for x in ax.tick_values}}
+        merged = {**old, **labels}
+        if merged != ax.tick_labels:
+            ax.tick_labels = merged
+        ax.tick_values = values
 
     def _visible(self) -> tuple[int, int, float | None, float | None]:
         xs, xe = self.x_scale.min, self.x_scale.max
@@ -759,26 +793,36 @@ class LiquidityMap(W.VBox):
             return
         self._refresh((s, e, lo, hi), event_t=self.clock())
 
-    def _on_pick(self, change: dict) -> None:
-        sel = change["new"]
-        if sel is None or len(sel) == 0 or self._closed:
+    def _on_hit(self, _mark: Any, event: dict) -> None:
+        """A click on a seek column (browser message ``element_click``)."""
+        if self._closed:
             return
-        self.seek_x(float(sel[0]))
+        data = (event or {}).get("data") or {}
+        k = data.get("index")
+        if k is not None and 0 <= int(k) < len(self._hit_ns):
+            self.seek_time(int(self._hit_ns[int(k)]))
+        elif data.get("x") is not None:
+            self.seek_x(float(data["x"]))
 
-    def seek_x(self, x: float) -> None:
-        """Seek the session to the time at ``x`` (seconds since ``origin_ns``): what a
-        click in "seek" mode does."""
-        ns = self._ns_of_x(x)
-        ns = min(max(ns, self.data_start), self.data_end)
+    def seek_time(self, ns: int) -> None:
+        """Seek the session to ``ns`` (clipped to the stream)."""
+        ns = min(max(int(ns), self.data_start), self.data_end)
         try:
             self.session.seek(time=pd.Timestamp(ns, tz="UTC"))
             self.seeks += 1
         except Exception as exc:
             self._error(exc, "seek")
 
+    def seek_x(self, x: float) -> None:
+        """Seek the session to the time at ``x`` (seconds since ``origin_ns``): what a
+        click in "seek" mode does."""
+        self.seek_time(self._ns_of_x(x))
+
     def _on_mode(self, change: dict) -> None:
+        mode = change["new"]
+        self.hit.visible = mode == "seek"
         self.figure.interaction = {"pan/zoom": self.panzoom, "box zoom": self.brush,
-                                   "seek": self.picker}[change["new"]]
+                                   "seek": None}[mode]
 
     def _on_zone(self, change: dict) -> None:
         self.time_zone = change["new"]
@@ -786,8 +830,7 @@ class LiquidityMap(W.VBox):
         if self.window is not None:
             tv, tl = time_ticks(self.window[0], self.window[1], self.origin_ns,
                                 self.time_zone)
-            with self.time_axis.hold_sync():
-                self.time_axis.tick_values, self.time_axis.tick_labels = tv, tl
+            self._set_ticks(tv, tl, relabel=True)
             self._status()
 
     def _time_label(self) -> str:
@@ -888,7 +931,7 @@ class LiquidityMap(W.VBox):
                     close_tree(ax)
             w.close()
 
-        for name in ("panzoom", "brush", "picker"):
+        for name in ("panzoom", "brush"):
             close_tree(getattr(self, name, None))
         for child in list(self.children):
             close_tree(child)
