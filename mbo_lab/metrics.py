@@ -18,7 +18,11 @@ name                                  type      labels / meaning
 ``mbo_sse_bytes_sent_total``          counter   ``stream``: bytes written on SSE streams
 ``mbo_sse_records_sent_total``        counter   MBO records written on the record stream
 ``mbo_sse_clients_dropped_total``     counter   ``stream``, ``reason`` (slow, disconnected,
-                                                shutdown, error)
+                                                shutdown, error, max_age: stream ended at its
+                                                maximum age/bytes with a ``retry:``)
+``mbo_http_refused_total``            counter   ``reason`` (max_connections, header_timeout,
+                                                accept_error, header_too_large, host, busy):
+                                                connections/requests turned away
 ``mbo_sse_send_wait_seconds``         histogram ``stream``: how long an event the socket didn't
                                                 take at once waited for it (backpressure)
 ``mbo_http_request_duration_seconds`` histogram ``endpoint``, ``method``, ``code``
@@ -53,7 +57,10 @@ __all__ = [
 #: Values of the ``stream`` label.
 STREAMS = ("mbo", "book")
 #: Values of the ``reason`` label of ``mbo_sse_clients_dropped_total``.
-DROP_REASONS = ("slow", "disconnected", "shutdown", "error")
+DROP_REASONS = ("slow", "disconnected", "shutdown", "error", "max_age")
+#: Values of the ``reason`` label of ``mbo_http_refused_total``.
+REFUSE_REASONS = ("max_connections", "header_timeout", "accept_error", "header_too_large",
+                  "host", "busy")
 
 APPLY_BUCKETS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1, 1.0)
 SEND_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0)
@@ -145,12 +152,28 @@ def _create() -> SimpleNamespace:
             m.sse_dropped.labels(s, r)
     m.sessions = _SessionCollector()
     reg.register(m.sessions)
+    _extend(m)
     return m
+
+
+def _extend(m: SimpleNamespace) -> None:
+    """Metrics added after the first release of this module (also run on an existing
+    namespace after ``importlib.reload``)."""
+    if not hasattr(m, "http_refused"):
+        m.http_refused = Counter(
+            "mbo_http_refused", "Connections or requests turned away by the server's guard, "
+            "by reason", ["reason"], registry=m.registry)
+        for r in REFUSE_REASONS:
+            m.http_refused.labels(r)
+    for s in STREAMS:
+        for r in DROP_REASONS:
+            m.sse_dropped.labels(s, r)
 
 
 # Created once per process; importlib.reload re-executes this module in the same globals,
 # so the existing namespace is kept.
 M: SimpleNamespace = globals().get("M") or _create()
+_extend(M)
 #: The process-wide registry served at ``/metrics``.
 REGISTRY: CollectorRegistry = M.registry
 

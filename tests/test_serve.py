@@ -244,7 +244,7 @@ def _stalled_socket(port: int, path: str) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode())
     return s
 
 
@@ -442,7 +442,7 @@ def test_connect_disconnect_cycles_leave_nothing_behind(synth_session):
         else:  # abrupt: request, read a little, reset
             r, w = await asyncio.open_connection("127.0.0.1", srv.port)
             path = "/v1/stream/mbo" if i % 4 == 0 else "/v1/stream/book"
-            w.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            w.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             await w.drain()
             await r.read(100)
             w.transport.abort()
@@ -778,4 +778,5 @@ def test_cli_serve_standalone(tmp_path):
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err.decode()
     text = out.decode()
-    assert f"http://127.0.0.1:{port}/" in text and "#token=" in text
+    assert f"http://127.0.0.1:{port}/" in text
+    assert TOKEN not in text and "#token=" not in text  # it came from MBO_LAB_TOKEN

@@ -11,6 +11,7 @@ serialization per ``levels`` value, computed on first demand and shared.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import math
 import threading
@@ -83,6 +84,8 @@ class RecordFeed:
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cached = 0
         self.serialized = 0  # events serialized (for tests and tuning)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def serialize(self, lo: int, hi: int) -> bytes:
         r = self.records[lo:hi]
@@ -101,7 +104,11 @@ class RecordFeed:
             [None if p != p else p for p in px], size, oid,
             r["flags"].tolist(), r["channel_id"].tolist(), r["sequence"].tolist(), effects,
         ]
-        rows = json.dumps(list(zip(*cols)), separators=(",", ":"))
+        # Encoded in pieces: one json.dumps call holds the GIL throughout, and this runs in
+        # a worker thread next to the event loop (the loop gets the GIL between pieces).
+        tuples = list(zip(*cols))
+        rows = "[" + ",".join(json.dumps(tuples[i:i + 100], separators=(",", ":"))[1:-1]
+                              for i in range(0, len(tuples), 100)) + "]"
         data = (f'{{"first":{lo},"last":{hi - 1},"count":{hi - lo},'
                 f'"fields":{_FIELDS_JSON},"rows":{rows}}}')
         self.serialized += 1
@@ -118,14 +125,74 @@ class RecordFeed:
         data = self._cache.get(k)
         if data is None:
             data = self.serialize(pos, hi)
-            self._cache[k] = data
-            self._cached += len(data)
-            while self._cached > self.cache_bytes and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cached -= len(old)
+            self._store(k, data)
         else:
             self._cache.move_to_end(k)
         return data, hi - 1
+
+    def _store(self, k: int, data: bytes) -> None:
+        if k in self._cache:
+            return
+        self._cache[k] = data
+        self._cached += len(data)
+        while self._cached > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached -= len(old)
+
+    # ------------------------------------------------------------------ off the loop
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="mbo_lab-serialize")
+        return self._executor
+
+    def _load(self, k: int) -> asyncio.Future:
+        """Future of aligned event ``k``'s bytes, serialized once in the worker thread
+        however many streams ask for it meanwhile."""
+        fut = self._pending.get(k)
+        if fut is None:
+            lo = k * self.batch
+            hi = min(lo + self.batch, self.n)
+            fut = asyncio.get_running_loop().run_in_executor(self._pool(), self.serialize,
+                                                             lo, hi)
+            self._pending[k] = fut
+
+            def done(f: asyncio.Future, k: int = k) -> None:
+                self._pending.pop(k, None)
+                if not f.cancelled() and f.exception() is None:
+                    self._store(k, f.result())
+
+            fut.add_done_callback(done)
+        return fut
+
+    async def aevent(self, pos: int, stop: int, prefetch: int = 2) -> tuple[bytes, int]:
+        """:meth:`event` for streams: serialization runs in a worker thread (the event
+        loop keeps serving book frames meanwhile) and the next ``prefetch`` aligned events
+        are prepared ahead."""
+        k, off = divmod(pos, self.batch)
+        hi = min((k + 1) * self.batch, self.n)
+        if off or hi > stop:
+            hi = min(hi, stop)
+            data = await asyncio.get_running_loop().run_in_executor(
+                self._pool(), self.serialize, pos, hi)
+            return data, hi - 1
+        data = self._cache.get(k)
+        if data is None:
+            data = await asyncio.shield(self._load(k))
+        else:
+            self._cache.move_to_end(k)
+        last_k = (self.n - 1) // self.batch
+        for j in range(k + 1, min(k + 1 + prefetch, last_k + 1)):
+            if min((j + 1) * self.batch, self.n) > stop:
+                break  # this stream won't read it (aligned events only)
+            if j not in self._cache and j not in self._pending:
+                self._load(j)
+        return data, hi - 1
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
 
 class BookHub:

@@ -6,26 +6,72 @@ import asyncio
 import functools
 import json
 import logging
+import random
+import re
 import secrets
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
 from .. import metrics
 from ..errors import MboLabError
 from ..replay.session import SPEED_MAX
 from .feeds import dumps, http_chunk, sse_event
+from .net import abort as reset_socket
+from .net import bytes_acked, set_sndbuf, unsent_bytes
 from .openapi import openapi
 
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["make_app", "cookie_name"]
+__all__ = ["make_app", "cookie_name", "Pacer"]
 
 log = logging.getLogger("mbo_lab.serve")
+
+_PREFIX_OK = re.compile(r"^/[A-Za-z0-9/_.~%@+-]{0,400}$")
+
+
+def host_name(host_header: str) -> str:
+    """The name part of a ``Host`` header (no port, no IPv6 brackets), lower case."""
+    h = host_header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    if h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+class Pacer:
+    """Cooperative pacing of the heavy record streams: together they write for at most
+    ``budget`` seconds per event-loop iteration, then wait for the next one, so timers
+    (the replay's frames), new connections and the book streams' writes run in between."""
+
+    def __init__(self, budget: float = 0.002):
+        self.budget = budget
+        self._start: float | None = None
+        self._gate: asyncio.Future | None = None
+
+    async def turn(self) -> None:
+        while True:
+            now = time.perf_counter()
+            if self._start is None:
+                self._start = now
+                asyncio.get_running_loop().call_soon(self._next_iteration)
+                return
+            if now - self._start < self.budget:
+                return
+            if self._gate is None:
+                self._gate = asyncio.get_running_loop().create_future()
+            await self._gate
+
+    def _next_iteration(self) -> None:
+        self._start = None
+        gate, self._gate = self._gate, None
+        if gate is not None and not gate.done():
+            gate.set_result(None)
 
 
 
@@ -99,8 +145,46 @@ class BaseHandler(tornado.web.RequestHandler):
                        is not getattr(tornado.web.RequestHandler, m)]
             raise ApiError(405, f"{self.request.method} is not allowed on {self.request.path}; "
                            f"use {', '.join(allowed)}", {"Allow": ", ".join(allowed)})
+        if self.auth != "none":
+            self._check_host()
         if self.auth == "control" or (self.auth == "read" and self.server.require_token):
             self._check_token(allow_cookie=self.request.method in ("GET", "HEAD"))
+
+    def _check_host(self) -> None:
+        """DNS-rebinding guard: a page on an attacker's name that resolves to 127.0.0.1
+        sends that name as Host. Loopback names, the bound address and ``allowed_hosts``
+        pass; any other Host needs the token (which such a page doesn't have)."""
+        name = host_name(self.request.headers.get("Host", ""))
+        from .server import is_loopback
+        if name and (is_loopback(name) or name in self.server.allowed_hosts
+                     or "*" in self.server.allowed_hosts):
+            return
+        given = self._given_token(allow_cookie=self.request.method in ("GET", "HEAD"))
+        if given and secrets.compare_digest(given.encode(), self.server.token.encode()):
+            return
+        metrics.M.http_refused.labels("host").inc()
+        raise ApiError(421, f"this server does not answer for Host {name!r}: use a loopback "
+                       "name, start it with allowed_hosts=[...] (MBO_LAB_ALLOWED_HOSTS), or "
+                       "send the token")
+
+    def _given_token(self, allow_cookie: bool) -> str | None:
+        authz = self.request.headers.get("Authorization", "")
+        if authz:
+            scheme, _, value = authz.partition(" ")
+            return value.strip() if scheme.lower() == "bearer" else None
+        if allow_cookie:
+            return (self.get_cookie(cookie_name(self.server.port))
+                    or self.get_query_argument("token", None))
+        return None
+
+    def proxy_prefix(self) -> str | None:
+        """The path prefix jupyter-server-proxy serves us under (``X-Forwarded-Prefix``,
+        e.g. ``/user/x/proxy/8765``), None when the request came directly."""
+        p = (self.request.headers.get("X-Forwarded-Prefix")
+             or self.request.headers.get("X-Forwarded-Context"))
+        if p and _PREFIX_OK.match(p):
+            return p.rstrip("/")
+        return None
 
     def _check_token(self, allow_cookie: bool) -> None:
         given = None
@@ -218,9 +302,12 @@ class AuthHandler(BaseHandler):
     auth = "control"
 
     def post(self) -> None:
+        # Scoped to this server's API paths: behind jupyter-server-proxy the origin is
+        # Jupyter's, and Path=/ would send the token with every Jupyter request.
         name = cookie_name(self.server.port)
-        self.set_cookie(name, self.server.token, httponly=True, samesite="Strict")
-        self.send_json({"ok": True, "cookie": name})
+        path = (self.proxy_prefix() or "") + "/v1/"
+        self.set_cookie(name, self.server.token, httponly=True, samesite="Strict", path=path)
+        self.send_json({"ok": True, "cookie": name, "path": path})
 
 
 class PlayerHandler(BaseHandler):
@@ -299,11 +386,13 @@ class PageHandler(BaseHandler):
 
 # ------------------------------------------------------------------------------------ SSE
 class SSEHandler(BaseHandler):
-    """Base of the two streams: headers, registration, awaited flush with timeout.
+    """Base of the two streams: headers, registration, awaited flush with timeout,
+    the stream's age/byte limits and the ``busy`` answer at ``max_streams``.
 
     Waiting uses bare loop futures and ``call_later`` (no task per wait): ``_waiter`` is
     resolved by :meth:`notify` (new data) or its timeout, ``_sleeper`` only by its timeout
-    or :meth:`close`.
+    or :meth:`close`. SSE responses never keep the connection alive: when a stream ends,
+    for whatever reason, the TCP connection closes.
     """
 
     stream = "?"
@@ -313,15 +402,28 @@ class SSEHandler(BaseHandler):
         self.closing = False
         self.close_reason: str | None = None
         self.last_written: int | None = None
+        self.sent_bytes = 0
+        self.deadline = float("inf")
+        self.byte_budget = 1 << 62
         self._waiter: asyncio.Future | None = None
         self._sleeper: asyncio.Future | None = None
 
-    def start_stream(self) -> None:
+    def sock(self):
+        stream = getattr(self.request.connection, "stream", None)
+        return None if stream is None else stream.socket
+
+    def start_stream(self) -> bool:
+        """Headers and ``retry:``; False (the answer is already sent) when the server is
+        at ``max_streams``."""
         if self.server.stopping:
             raise ApiError(503, "the server is stopping")
+        conn = self.request.connection
+        if conn is not None and hasattr(conn, "_disconnect_on_finish"):
+            # Tornado then sends 'Connection: close' and closes after the response.
+            conn._disconnect_on_finish = True
         if len(self.server.streams) >= self.server.max_streams:
-            raise ApiError(503, f"too many open streams ({self.server.max_streams}); retry "
-                           "later", {"Retry-After": "5"})
+            self._busy()
+            return False
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache, no-store")
         self.set_header("X-Accel-Buffering", "no")
@@ -330,9 +432,43 @@ class SSEHandler(BaseHandler):
             # Events are small and spaced: without TCP_NODELAY, Nagle holds each one until
             # the client ACKs the previous one (delayed ACK: up to 40 ms).
             stream.set_nodelay(True)
+        if self.proxy_prefix() is not None:
+            age, budget = self.server.proxy_stream_age, self.server.proxy_stream_bytes
+        else:
+            age, budget = self.server.max_stream_age, self.server.max_stream_bytes
+        self.deadline = time.monotonic() + min(age, self.server.max_stream_age)
+        self.byte_budget = min(budget, self.server.max_stream_bytes)
         self.server.streams.add(self)
         metrics.M.sse_connections.labels(self.stream).inc()
         self.write(f"retry: {self.server.retry_ms}\n\n".encode())
+        return True
+
+    def _busy(self) -> None:
+        """At ``max_streams``. EventSource gives up for good on a 503, so a client that
+        accepts ``text/event-stream`` gets a 200 stream holding ``retry:`` (jittered) and
+        ``event: busy``, which then ends: EventSource reconnects after the retry time."""
+        metrics.M.http_refused.labels("busy").inc()
+        msg = f"too many open streams ({self.server.max_streams}); retry later"
+        if "text/event-stream" not in self.request.headers.get("Accept", ""):
+            raise ApiError(503, msg, {"Retry-After": "5"})
+        retry = int(self.server.retry_ms * (1.5 + random.random()) + 1000)
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache, no-store")
+        self.finish(f"retry: {retry}\n\n".encode() + sse_event(
+            "busy", dumps({"reason": msg, "retry_ms": retry})))
+
+    def expired(self) -> bool:
+        """The stream reached its maximum age or bytes (see :meth:`end_cleanly`)."""
+        return self.sent_bytes >= self.byte_budget or time.monotonic() >= self.deadline
+
+    def end_cleanly(self, last_id: int | None = None) -> bytes:
+        """The bytes that end a stream at its age/byte limit: a short ``retry:`` and
+        ``event: reconnect``; EventSource reconnects (with Last-Event-ID) at once."""
+        self.close_reason = "max_age"
+        body = {"reason": "the stream reached its maximum age or size; reconnect"}
+        if last_id is not None:
+            body["last_id"] = last_id
+        return b"retry: 250\n\n" + sse_event("reconnect", dumps(body))
 
     def end_stream(self) -> None:
         if self in self.server.streams:
@@ -350,9 +486,10 @@ class SSEHandler(BaseHandler):
     def on_connection_close(self) -> None:
         self.close("disconnected")
 
-    def close(self, reason: str, abort: bool = True) -> None:
-        """End the stream now: wake the handler and (``abort``) close the socket; else the
-        handler ends the response normally."""
+    def close(self, reason: str, abort: bool = True, reset: bool = False) -> None:
+        """End the stream now: wake the handler and (``abort``) close the socket (with RST
+        if ``reset``: the kernel drops what the client never took); else the handler ends
+        the response normally (and the connection closes after it)."""
         if self.closing:
             return
         self.closing = True
@@ -362,6 +499,8 @@ class SSEHandler(BaseHandler):
                 fut.set_result(False)
         conn = self.request.connection
         if abort and reason != "disconnected" and conn is not None:
+            if reset:
+                reset_socket(self.sock())
             conn.close()
 
     def notify(self) -> None:
@@ -397,6 +536,7 @@ class SSEHandler(BaseHandler):
         if self.closing:
             return False
         self.write(data)
+        self.sent_bytes += len(data)
         if last_id is not None:
             self.last_written = last_id  # on the wire in order, whatever happens next
         t0 = time.perf_counter()
@@ -411,7 +551,9 @@ class SSEHandler(BaseHandler):
         except TimeoutError:
             if not self.closing:
                 drained = await self.on_slow()
-                self.close("slow", abort=not drained)
+                # drained: the response ends normally (the connection then closes, see
+                # start_stream); else the connection is reset now
+                self.close("slow", abort=not drained, reset=not drained)
             return False
         except StreamClosedError:
             self.close("disconnected")
@@ -432,7 +574,7 @@ class SSEHandler(BaseHandler):
 
     async def on_slow(self) -> bool:
         """Called when a send times out, before the stream is closed; True if the client
-        took everything meanwhile (the response then ends normally)."""
+        took everything meanwhile (the connection then closes with a normal FIN)."""
         return False
 
     def finish_stream(self) -> None:
@@ -505,16 +647,26 @@ class RecordStreamHandler(SSEHandler):
             self.set_status(204)  # nothing left: EventSource stops reconnecting
             return
         feed = self.server.feed
-        self.start_stream()
+        if not self.start_stream():
+            return
+        sock = self.sock()
+        if sock is not None:
+            # What a stalled client can hold in the kernel's send buffer (else it grows
+            # to tcp_wmem's maximum, 4 MB).
+            set_sndbuf(sock, self.server.record_sndbuf)
+        pacer = self.server.pacer
         try:
             pos = start
             while pos < stop and not self.closing:
-                data, last = feed.event(pos, stop)
+                if self.expired() and pos > start:
+                    await self.send(self.end_cleanly(pos - 1))
+                    break
+                data, last = await feed.aevent(pos, stop)
+                await pacer.turn()  # heavy streams share the loop in slices
                 if not await self.send(data, last):
                     break
                 metrics.M.sse_records.inc(last + 1 - pos)
                 pos = last + 1
-                await asyncio.sleep(0)  # let other clients and the replay run
             if pos >= stop and not self.closing:
                 await self.send(sse_event("end", dumps({"last": stop - 1, "records": stop})))
         except Exception:
@@ -526,13 +678,20 @@ class RecordStreamHandler(SSEHandler):
     async def on_slow(self) -> bool:
         # The bytes before this event on the wire end with event last_written, so a client
         # that reads it has every record up to that id. It gets overflow_grace seconds to
-        # drain (a client that was only paused gets the event), else the socket closes.
+        # take everything (its kernel acknowledges the last byte: nothing unsent is left),
+        # else the connection is reset, which frees the kernel's send buffer at once.
         last = -1 if self.last_written is None else self.last_written
         self.write(sse_event("overflow", dumps({
             "last_id": last, "reason": f"the client took no data for "
             f"{self.server.send_timeout:g} s", "resume": "reconnect with Last-Event-ID"})))
+        t_end = time.monotonic() + self.server.overflow_grace
         try:
             await asyncio.wait_for(self.flush(), self.server.overflow_grace)
+            sock = self.sock()
+            while sock is not None and unsent_bytes(sock) > 0:
+                if time.monotonic() >= t_end or self.closing:
+                    return False
+                await asyncio.sleep(0.05)
             return True
         except Exception:
             return False
@@ -541,28 +700,36 @@ class RecordStreamHandler(SSEHandler):
 class BookStreamHandler(SSEHandler):
     """``GET /v1/stream/book``: the newest frame, frames at least 0.8/``max_hz`` s apart.
 
+    Conflation happens before the socket: a frame goes out only when the client has
+    acknowledged all but ``book_unsent`` bytes of what it was sent (``SIOCOUTQ``) and the
+    IOStream holds nothing; otherwise the frame waits as "the newest" and frames published
+    meanwhile replace it. The kernel send buffer is small (``book_sndbuf``). A client that
+    acknowledges nothing for ``send_timeout`` seconds while data waits is dropped with a
+    reset (its buffers are freed at once).
+
     Fast path: at each publication the hub calls :meth:`on_frame`, which writes the shared
-    bytes to this client at once if it may (no write pending, rate limit allows); a write
-    the socket doesn't take at once becomes ``inflight``, which the handler's task awaits
-    with ``send_timeout`` (then the client is dropped as slow). Otherwise the task wakes
-    and sends the newest frame when it may (latest wins: frames published meanwhile are
-    skipped, never queued), so a client holds at most one frame in its buffer.
+    bytes to this client at once if it may; otherwise the handler's task sends the newest
+    frame when it may. Heartbeats (``: ka``) go out whenever nothing was sent for
+    ``heartbeat`` seconds, also while the client is rate-limited.
     """
 
     endpoint = "stream_book"
     stream = "book"
+    POLL = 0.02  # s between checks while the client still holds unacknowledged bytes
 
     async def get(self) -> None:
         self.levels = self.levels_arg()
         raw = self.get_query_argument("max_hz", None)
         max_hz = float(self.server.session.settings.fps)
+        lo = self.server.min_hz
         if raw:
             try:
                 max_hz = float(raw)
             except ValueError:
                 raise ApiError(400, f"query parameter max_hz={raw!r} is not a number") from None
-            if not 0 < max_hz <= 1000:
-                raise ApiError(400, f"query parameter max_hz={max_hz:g} is outside (0, 1000]")
+            if not lo <= max_hz <= 1000:
+                raise ApiError(400, f"query parameter max_hz={max_hz:g} is outside "
+                               f"[{lo:g}, 1000]")
         # Rate limit: consecutive frames at least 0.8/max_hz apart. The 20% allowance
         # absorbs publication jitter, so a replay publishing at max_hz isn't delayed, and
         # the rate never exceeds 1.25 x max_hz. (A long-memory limiter such as GCRA would
@@ -574,11 +741,17 @@ class BookStreamHandler(SSEHandler):
         self.last_send = time.perf_counter()
         self.inflight: asyncio.Future | None = None
         self.inflight_t0 = 0.0
+        self.acked = (-1, time.monotonic())  # (bytes acknowledged, since when)
         # Our SSE responses are chunked exactly when the request is HTTP/1.1 (status 200,
         # no Content-Length): then the shared bytes are pre-framed as one chunk.
         self.chunked = self.request.version == "HTTP/1.1"
         hub = self.server.hub
-        self.start_stream()
+        if not self.start_stream():
+            return
+        self._sock = self.sock()
+        if self._sock is not None:
+            set_sndbuf(self._sock, self.server.book_sndbuf)
+        hb = self.server.heartbeat
         hub.add(self.on_frame)
         try:
             while not self.closing:
@@ -586,18 +759,26 @@ class BookStreamHandler(SSEHandler):
                     if not await self._await_inflight():
                         break
                     continue
-                if hub.version == self.sent_version:
-                    woke = await self.wait(self.server.heartbeat)
-                    if not woke and not self.closing and self.inflight is None and \
-                            time.perf_counter() - self.last_send >= self.server.heartbeat:
-                        ka = b": ka\n\n"
-                        self._write_direct(http_chunk(ka) if self.chunked else ka)
-                        self.server.tally.flush()
-                    continue
                 now = time.perf_counter()
-                if now < self.next_ok:
-                    # rate limit; on_frame may send meanwhile: re-check everything after
-                    await self.sleep(self.next_ok - now)
+                if self.expired():
+                    data = self.end_cleanly()
+                    self._write_direct(http_chunk(data) if self.chunked else data)
+                    break
+                if hub.version == self.sent_version or now < self.next_ok:
+                    # nothing new, or rate-limited: sleep until the next frame may go,
+                    # new data, or the next heartbeat is due
+                    due = self.last_send + hb - now
+                    if hub.version == self.sent_version:
+                        await self.wait(max(0.0, due))
+                    else:
+                        await self.sleep(max(0.0, min(self.next_ok - now, due)))
+                    self._heartbeat()
+                    continue
+                if not self.can_send():
+                    if self._stalled():
+                        self.close("slow", reset=True)
+                        break
+                    await self.sleep(self.POLL)
                     continue
                 self._push(now)
                 self.server.tally.flush()
@@ -608,12 +789,42 @@ class BookStreamHandler(SSEHandler):
             hub.remove(self.on_frame)
             self.finish_stream()
 
+    def _heartbeat(self) -> None:
+        if self.closing or self.inflight is not None:
+            return
+        if time.perf_counter() - self.last_send >= self.server.heartbeat:
+            if not self.can_send():
+                return  # unacknowledged data: _stalled() watches this client
+            ka = b": ka\n\n"
+            self._write_direct(http_chunk(ka) if self.chunked else ka)
+            self.server.tally.flush()
+
+    def can_send(self) -> bool:
+        """The client acknowledged all but ``book_unsent`` bytes and nothing waits in the
+        IOStream: a frame written now is the next thing it reads."""
+        sock = self._sock
+        if sock is None:
+            return True
+        stream = self.request.connection.stream
+        return not stream.writing() and unsent_bytes(sock) <= self.server.book_unsent
+
+    def _stalled(self) -> bool:
+        """True when the client acknowledged nothing for ``send_timeout`` seconds while
+        bytes wait for it."""
+        a = bytes_acked(self._sock) if self._sock is not None else -1
+        now = time.monotonic()
+        if a != self.acked[0]:
+            self.acked = (a, now)
+            return False
+        return now - self.acked[1] >= self.server.send_timeout
+
     def on_frame(self) -> None:
         """A new frame was published (called synchronously by the hub)."""
         if self.closing:
             return
         now = time.perf_counter()
-        if self.inflight is None and now >= self.next_ok:
+        if self.inflight is None and now >= self.next_ok and self.sent_version >= 0 and \
+                self.can_send():
             self._push(now)
         else:
             self.notify()  # the task sends the newest frame when it may
@@ -624,6 +835,7 @@ class BookStreamHandler(SSEHandler):
         # the snapshot sent at connect doesn't count
         self.next_ok = now if first else now + self.spacing
         self.sent_version = version
+        self.acked = (self.acked[0], time.monotonic())  # new data: the stall clock starts
         if first:
             self._write(data)
         else:
@@ -632,6 +844,7 @@ class BookStreamHandler(SSEHandler):
     def _write(self, data: bytes) -> None:
         """Through Tornado's response machinery (the first write: it sends the headers)."""
         self.write(data)
+        self.sent_bytes += len(data)
         self.last_send = t0 = time.perf_counter()
         fut = self.flush()
         self.server.tally.add(self.stream, len(data))  # flushed after the fan-out
@@ -657,7 +870,9 @@ class BookStreamHandler(SSEHandler):
             self.close("disconnected")
             return
         self.server.tally.add(self.stream, len(data))
-        if not stream.writing() and type(stream) is IOStream:  # plain TCP, nothing queued
+        self.sent_bytes += len(data)
+        if not stream.writing() and isinstance(stream, IOStream) and \
+                not isinstance(stream, SSLIOStream):  # plain TCP, nothing queued
             try:
                 n = stream.socket.send(data)
             except BlockingIOError:
@@ -682,7 +897,7 @@ class BookStreamHandler(SSEHandler):
         try:
             await asyncio.wait_for(fut, self.server.send_timeout)
         except TimeoutError:
-            self.close("slow")
+            self.close("slow", reset=True)
             return False
         except StreamClosedError:
             self.close("disconnected")

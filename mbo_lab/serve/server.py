@@ -22,7 +22,8 @@ from ..config import get_settings
 from ..errors import ConfigError, MboLabError
 from ..replay.session import SPEED_MAX, Session
 from .feeds import BookHub, RecordFeed
-from .handlers import Tally, make_app
+from .handlers import Pacer, Tally, make_app
+from .net import GuardedHTTPServer, Limits, default_max_connections
 
 __all__ = ["Server", "start", "stop_all", "running", "run", "is_loopback"]
 
@@ -35,13 +36,28 @@ _BY_ADDR: dict[tuple[str, int], Server] = {}
 
 
 def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and 'localhost'."""
-    if host == "localhost":
+    """True for 127.0.0.0/8, ::1, 'localhost' and names under '.localhost'."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _read_token_file(path: str) -> str:
+    try:
+        st = os.stat(path)
+        with open(path, encoding="utf-8") as fh:
+            token = fh.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file {path}: {exc.strerror}") from None
+    if st.st_mode & 0o077:
+        log.warning("the token file %s is readable by other users (chmod 600 it)", path)
+    if not token:
+        raise ConfigError(f"the token file {path} is empty")
+    return token
 
 
 class Server:
@@ -53,7 +69,12 @@ class Server:
     def __init__(self, session: Session, host: str, token: str, *, require_token: bool,
                  cors_origin: str | None, heartbeat: float, send_timeout: float,
                  retry_ms: int, record_batch: int, cache_bytes: int, max_streams: int,
-                 overflow_grace: float | None = None):
+                 overflow_grace: float | None = None, token_source: str = "argument",
+                 limits: Limits | None = None, allowed_hosts: tuple[str, ...] = (),
+                 max_stream_age: float = 900.0, max_stream_bytes: int = 256 << 20,
+                 proxy_stream_age: float = 120.0, proxy_stream_bytes: int = 32 << 20,
+                 book_unsent: int = 2048, book_sndbuf: int = 16384,
+                 record_sndbuf: int = 512 << 10, min_hz: float = 0.1):
         self.session = session
         self.host = host
         self.port = 0
@@ -65,12 +86,24 @@ class Server:
         self.overflow_grace = float(send_timeout if overflow_grace is None else overflow_grace)
         self.retry_ms = int(retry_ms)
         self.max_streams = int(max_streams)
+        self.token_source = token_source
+        self.limits = limits or Limits(max_connections=default_max_connections())
+        self.allowed_hosts = tuple(h.strip().lower() for h in allowed_hosts if h.strip())
+        self.max_stream_age = float(max_stream_age)
+        self.max_stream_bytes = int(max_stream_bytes)
+        self.proxy_stream_age = float(proxy_stream_age)
+        self.proxy_stream_bytes = int(proxy_stream_bytes)
+        self.book_unsent = int(book_unsent)
+        self.book_sndbuf = int(book_sndbuf)
+        self.record_sndbuf = int(record_sndbuf)
+        self.min_hz = float(min_hz)
+        self.pacer = Pacer()
         self.feed = RecordFeed(session, record_batch, cache_bytes)
         self.hub: BookHub | None = None
         self.streams: set = set()
         self.tally = Tally()
         self.stopping = False
-        self._http: tornado.httpserver.HTTPServer | None = None
+        self._http: GuardedHTTPServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
         self._closed: asyncio.Future | None = None
@@ -88,9 +121,14 @@ class Server:
 
     @property
     def page_url(self) -> str:
-        """The live page, with the token in the URL fragment (``#token=``): browsers never
-        send fragments to servers, so it stays out of every log."""
-        return f"{self.url}#token={self.token}"
+        """The live page. On a loopback bind with a token that was generated or passed as
+        an argument, the token rides in the URL fragment (``#token=``; browsers never send
+        fragments to servers, so it stays out of every log). A token from
+        ``MBO_LAB_TOKEN`` / a token file, or any token on a non-loopback bind, is never
+        part of it: the page asks for it."""
+        if self.token_source in ("generated", "argument") and is_loopback(self.host):
+            return f"{self.url}#token={self.token}"
+        return self.url
 
     @property
     def proxy_url(self) -> str | None:
@@ -101,6 +139,10 @@ class Server:
         if not prefix:
             return None
         return f"{prefix.rstrip('/')}/proxy/{self.port}/"
+
+    def connections(self) -> int:
+        """Open TCP connections (all endpoints)."""
+        return len(self._http.conns) if self._http is not None else 0
 
     @property
     def running(self) -> bool:
@@ -143,13 +185,17 @@ class Server:
 
     # ------------------------------------------------------------------ lifecycle
     def _listen(self, port: int) -> None:
-        socks = tornado.netutil.bind_sockets(port, self.host)
+        lim = self.limits
+        socks = tornado.netutil.bind_sockets(port, self.host, backlog=lim.backlog)
         self.port = socks[0].getsockname()[1]
         self.hub = BookHub(self.session, after_fanout=self.tally.flush)
-        self._http = tornado.httpserver.HTTPServer(
-            make_app(self), idle_connection_timeout=3600, max_body_size=1 << 16,
-            xheaders=False)
-        self._http.add_sockets(socks)
+        http = GuardedHTTPServer(
+            make_app(self), idle_connection_timeout=lim.idle_timeout,
+            max_body_size=1 << 16, body_timeout=lim.header_timeout,
+            max_header_size=lim.max_header_size, xheaders=False)
+        http.guard(lim)
+        http.add_guarded_sockets(socks)
+        self._http = http
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         metrics.track_session(self.session)
@@ -182,6 +228,7 @@ class Server:
             cb()
         if self.hub is not None:
             self.hub.close()
+        self.feed.close()
         http, self._http = self._http, None
         if http is None:
             return None
@@ -253,7 +300,13 @@ def start(session: Session, host: str | None = None, port: int | None = None,
           cors_origin: str | None = None, heartbeat: float = 15.0,
           send_timeout: float = 10.0, overflow_grace: float | None = None,
           retry_ms: int = 2000, record_batch: int = 1000, cache_bytes: int = 64 << 20,
-          max_streams: int = 1024) -> Server:
+          max_streams: int = 1024, token_file: str | None = None,
+          allowed_hosts: str | list[str] | tuple[str, ...] | None = None,
+          max_connections: int | None = None, header_timeout: float = 10.0,
+          idle_timeout: float = 75.0, backlog: int = 2048,
+          max_stream_age: float = 900.0, max_stream_bytes: int = 256 << 20,
+          proxy_stream_age: float = 120.0, proxy_stream_bytes: int = 32 << 20,
+          book_unsent: int = 2048, min_hz: float = 0.1) -> Server:
     """Serve ``session`` over HTTP/SSE on the running event loop; returns a :class:`Server`.
 
     Call it from a notebook cell (Jupyter's loop runs it; the cell returns at once) or
@@ -281,7 +334,31 @@ def start(session: Session, host: str | None = None, port: int | None = None,
     record_batch, cache_bytes
         Records per ``mbo`` event; bytes of serialized events kept for all clients.
     max_streams
-        Open streams beyond this get 503.
+        Open streams beyond this get ``event: busy`` with a ``retry:`` (EventSource
+        reconnects later) when they accept ``text/event-stream``, else 503.
+    token_file
+        Read the token from this file (or ``MBO_LAB_TOKEN_FILE``) instead of passing it on
+        a command line (visible in ``ps``). Tokens from a file or ``MBO_LAB_TOKEN`` are
+        never printed nor put in :attr:`Server.page_url`.
+    allowed_hosts
+        Host names (``Host`` header, without port) accepted besides loopback names and the
+        bound address (DNS-rebinding guard); comma-separated or a list;
+        ``MBO_LAB_ALLOWED_HOSTS``. Other hosts get 421 unless the request carries the
+        token.
+    max_connections, header_timeout, idle_timeout, backlog
+        TCP connections held at most (default below the file-descriptor limit; more are
+        answered 503 and closed at once); seconds to deliver the first request's headers;
+        seconds a keep-alive connection may idle; listen backlog.
+    max_stream_age, max_stream_bytes, proxy_stream_age, proxy_stream_bytes
+        A stream ends cleanly (``retry:`` then close; EventSource reconnects, the record
+        stream resumes exactly with Last-Event-ID) after this many seconds or bytes; the
+        ``proxy_`` values apply behind jupyter-server-proxy (``X-Forwarded-Prefix``),
+        which never notices a client that went away and buffers for a stalled one.
+    book_unsent
+        Bytes a book stream may have unacknowledged by the client before it holds frames
+        back (only the newest goes out when the client catches up).
+    min_hz
+        Lowest ``max_hz`` a book stream accepts.
     """
     try:
         loop = asyncio.get_running_loop()
@@ -291,13 +368,45 @@ def start(session: Session, host: str | None = None, port: int | None = None,
             "(await-able code); from a script use mbo_lab.serve.run(session) or "
             "`mbo-lab serve FILE`") from None
     settings = get_settings(host=host, port=port, token=token)
-    host, port, token = settings.host, int(settings.port), settings.token
+    token_source = "argument"
+    if token is None and token_file:
+        token, token_source = _read_token_file(token_file), "file"
+    elif token is None and settings.token:
+        token, token_source = settings.token, "env"
+    elif token is None and os.environ.get("MBO_LAB_TOKEN_FILE"):
+        token, token_source = _read_token_file(os.environ["MBO_LAB_TOKEN_FILE"]), "file"
+    host, port = settings.host, int(settings.port)
     loopback = is_loopback(host)
-    generated = token is None
     if token is None:
-        token = secrets.token_urlsafe(24)
+        if not loopback:
+            raise ConfigError(
+                f"serving on {host} (not loopback) needs a token you choose: set "
+                "MBO_LAB_TOKEN or MBO_LAB_TOKEN_FILE (a file holding it), or pass "
+                "token_file=; a generated token would have to be printed")
+        token, token_source = secrets.token_urlsafe(24), "generated"
     elif len(token) < 8:
         raise ConfigError("the token must be at least 8 characters long")
+    if allowed_hosts is None:
+        allowed_hosts = os.environ.get("MBO_LAB_ALLOWED_HOSTS", "")
+    if isinstance(allowed_hosts, str):
+        allowed_hosts = allowed_hosts.split(",")
+    hosts = tuple(allowed_hosts)
+    if host not in ("0.0.0.0", "::", ""):
+        hosts += (host,)
+    fd_cap = default_max_connections()
+    if max_connections is None:
+        max_connections = fd_cap
+    elif max_connections > fd_cap:
+        log.warning("max_connections=%d is above what the file-descriptor limit allows "
+                    "with room left; using %d", max_connections, fd_cap)
+        max_connections = fd_cap
+    if header_timeout <= 0 or idle_timeout <= 0 or max_connections < 1 or backlog < 1:
+        raise ConfigError("header_timeout and idle_timeout must be > 0; max_connections "
+                          "and backlog >= 1")
+    if max_stream_age <= 0 or max_stream_bytes <= 0 or min_hz <= 0:
+        raise ConfigError("max_stream_age, max_stream_bytes and min_hz must be > 0")
+    limits = Limits(max_connections=int(max_connections), header_timeout=header_timeout,
+                    idle_timeout=idle_timeout, backlog=int(backlog))
     if require_token is None:
         require_token = not loopback
     if heartbeat <= 0 or send_timeout <= 0 or record_batch < 1 or max_streams < 1:
@@ -316,7 +425,11 @@ def start(session: Session, host: str | None = None, port: int | None = None,
     srv = Server(session, host, token, require_token=require_token, cors_origin=cors_origin,
                  heartbeat=heartbeat, send_timeout=send_timeout, retry_ms=retry_ms,
                  record_batch=record_batch, cache_bytes=cache_bytes, max_streams=max_streams,
-                 overflow_grace=overflow_grace)
+                 overflow_grace=overflow_grace, token_source=token_source, limits=limits,
+                 allowed_hosts=hosts, max_stream_age=max_stream_age,
+                 max_stream_bytes=max_stream_bytes, proxy_stream_age=proxy_stream_age,
+                 proxy_stream_bytes=proxy_stream_bytes, book_unsent=book_unsent,
+                 min_hz=min_hz)
     try:
         srv._listen(port)
     except OSError as exc:
@@ -330,10 +443,6 @@ def start(session: Session, host: str | None = None, port: int | None = None,
             raise MboLabError(f"cannot listen on {host}:{port}: {exc}") from None
     _BY_SESSION[id(session)] = srv
     _BY_ADDR[(host, srv.port)] = srv
-    if generated and not loopback:
-        # Shown once so the user can use it; never part of a logged URL.
-        print(f"mbo_lab server on {srv.url} requires a token; generated: {token}\n"  # noqa: T201
-              f"send it as 'Authorization: Bearer <token>'")
     log.info("serving on %s", srv.url)
     return srv
 
