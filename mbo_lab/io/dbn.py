@@ -1157,16 +1157,27 @@ def _zst_chunks(fh: BinaryIO, where: str, chunk_records: int, allow_truncated: b
         pos = 0
         index = 0
 
+        checked = 0   # file-wide count of records whose layout was checked
+
         def make(raw: bytes, truncated: bool = False) -> MboData:
-            recs = np.frombuffer(raw, dtype=MBO_DTYPE)
-            _check_rtypes(recs, where, index)
-            return MboData(recs, src.meta, index, truncated=truncated)
+            return MboData(np.frombuffer(raw, dtype=MBO_DTYPE), src.meta, index,
+                           truncated=truncated)
+
+        def check_new() -> int:
+            # check the layout as the data comes (as load() does): same verdicts
+            avail = index + (len(pending) - pos) // RECORD_SIZE
+            if avail > checked:
+                first = pos + (checked - index) * RECORD_SIZE
+                _check_rtypes(np.frombuffer(pending, MBO_DTYPE, count=avail - checked,
+                                            offset=first), where, checked)
+            return avail
 
         for piece in src.body():
             if pos and pos >= len(pending) // 2:
                 del pending[:pos]
                 pos = 0
             pending += piece
+            checked = check_new()
             # keep at least one byte back: the last chunk is only known at the end
             while len(pending) - pos > want:
                 chunk = make(bytes(memoryview(pending)[pos: pos + want]))
