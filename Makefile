@@ -60,7 +60,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 .PHONY: help setup setup-user demo test lock lock-upgrade sbom lint clean clean-notebooks \
-	check-notebooks print-%
+	check-notebooks notebook-filter print-%
 
 help:
 	@echo "make demo          set up $(VENV) from $(USER_LOCK) if needed, start JupyterLab on notebooks/02_dashboard.ipynb"
@@ -71,6 +71,7 @@ help:
 	@echo "make lock-upgrade  same, upgrading every pin to the newest allowed version"
 	@echo "make clean-notebooks  strip outputs, widget state and run metadata from notebooks/ (nbval markers -> tags)"
 	@echo "make check-notebooks  list notebooks that are not clean (exit 1)"
+	@echo "make notebook-filter  install a git clean filter in this clone: runs leave no git diff"
 	@echo "make sbom          write a CycloneDX SBOM of $(VENV) to sbom.json"
 	@echo "make lint          ruff check ."
 	@echo "make clean         remove .numba_cache, sbom.json, test-output"
@@ -152,6 +153,19 @@ clean-notebooks: setup-user
 
 check-notebooks: setup-user
 	$(VPY) -m mbo_lab.launch --clean-notebooks --check $(NOTEBOOKS)
+
+# Optional, once per clone (after `make demo` or `make test`): a git clean filter, so a
+# notebook run and saved in JupyterLab (outputs, widget state) shows no `git diff` and is
+# committed clean. Local git config only (.git/config, .git/info/attributes).
+NB_REPO ?= .
+notebook-filter:
+	git -C $(NB_REPO) config filter.mbo-notebook.clean '$(abspath $(VPY)) -m mbo_lab.launch --clean-notebooks -'
+	git -C $(NB_REPO) config filter.mbo-notebook.smudge cat
+	@attrs="$$(cd $(NB_REPO) && realpath -m "$$(git rev-parse --git-path info/attributes)")"; \
+	mkdir -p "$$(dirname "$$attrs")"; \
+	grep -qxF '*.ipynb filter=mbo-notebook' "$$attrs" 2>/dev/null \
+		|| echo '*.ipynb filter=mbo-notebook' >> "$$attrs"; \
+	echo "notebooks in $(NB_REPO) are cleaned by git (filter mbo-notebook, $$attrs)"
 
 # `make print-STAMP` etc.: show a variable (used by tests/test_packaging.py).
 print-%:

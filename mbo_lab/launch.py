@@ -100,7 +100,7 @@ def dashboard_notebook() -> tuple[Path, Path]:
     nb = root / "dashboard.ipynb"
     if not nb.is_file():
         root.mkdir(parents=True, exist_ok=True)
-        nb.write_text(json.dumps(canonicalised(_FALLBACK_NOTEBOOK), indent=1) + "\n")
+        nb.write_text(dumps_notebook(canonicalised(_FALLBACK_NOTEBOOK)), encoding="utf-8")
     return root, nb
 
 
@@ -316,8 +316,10 @@ NBVAL_TAGS = {
     "NBVAL_RAISES_EXCEPTION": "raises-exception",  # nbval's alias; nbclient honours it too
 }
 
-#: Cell metadata keys kept in committed notebooks (tags drive nbval and nbclient).
-KEPT_CELL_METADATA = ("tags",)
+#: Cell metadata kept in committed notebooks: tags (read by nbval and nbclient) and the
+#: format of raw cells. Everything else (execution timings, collapsed/scrolled state) is
+#: written by runs and front ends.
+KEPT_CELL_METADATA = ("tags", "raw_mimetype", "format")
 
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python",
               "name": "python3"}
@@ -395,18 +397,35 @@ def clean_notebook(nb: Any) -> Any:
 
 
 def dumps_notebook(nb: Any) -> str:
-    """The notebook as Jupyter writes it (nbformat: indent 1, sorted keys, final newline)."""
-    import nbformat
+    """A clean notebook as Jupyter saves it (``nbformat.writes`` + newline: sources as
+    lists of lines, indent 1, sorted keys), without importing nbformat (slow to import)."""
+    out = copy.deepcopy(nb)
+    for cell in out["cells"]:
+        src = cell.get("source", "")
+        if isinstance(src, str):
+            cell["source"] = src.splitlines(keepends=True)
+    return json.dumps(out, sort_keys=True, indent=1, separators=(",", ": "),
+                      ensure_ascii=False) + "\n"
 
-    return nbformat.writes(nbformat.from_dict(nb)) + "\n"
+
+def clean_text(text: str) -> str:
+    """Clean notebook JSON text (what the git filter and ``make clean-notebooks`` run)."""
+    return dumps_notebook(clean_notebook(json.loads(text)))
 
 
 def clean_files(paths: Iterable[str | os.PathLike[str]], check: bool = False) -> list[Path]:
-    """Clean notebooks in place; return those that changed (with ``check``: only report)."""
+    """Clean notebooks in place; return those that changed (with ``check``: only report).
+
+    The path ``-`` reads a notebook from stdin and writes the clean one to stdout (a git
+    clean filter: ``make notebook-filter``).
+    """
     changed = []
     for p in map(Path, paths):
+        if str(p) == "-":
+            sys.stdout.write(clean_text(sys.stdin.read()))
+            continue
         text = p.read_text(encoding="utf-8")
-        new = dumps_notebook(clean_notebook(json.loads(text)))
+        new = clean_text(text)
         if new != text:
             changed.append(p)
             if not check:
