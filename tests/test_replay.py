@@ -158,3 +158,131 @@ def test_clx5_crossed_states_flagged(clx5):
     assert fr.crossed  # CME pre-open: a real cross, kept and flagged
     assert fr.best_bid > fr.best_ask
     assert np.isnan(fr.bbo["mid"])
+
+
+# --------------------------------------------------------------------------- contract B
+
+
+def test_play_outside_a_running_loop_raises_and_run_plays():
+    recs = mbo_lab.synth_records(1_000, seed=6)
+    s = mbo_lab.open(recs, fps=240)
+    with pytest.raises(mbo_lab.MboLabError, match="await session.run"):
+        s.play()
+    assert not s.playing
+    got = []
+    s.subscribe(got.append)
+    asyncio.run(s.run(speed=mbo_lab.SPEED_MAX))
+    assert s.position == len(s) and not s.playing
+    assert len(got) > 10  # played state by state, not one jump to the end
+
+
+def test_speed_max_plays_each_state_of_the_selected_book():
+    recs = mbo_lab.synth_records(20_000, seed=7)
+    s = mbo_lab.open(recs, fps=240)
+    key = (s.instrument_id, s.publisher_id)
+    mine = np.flatnonzero((recs["instrument_id"] == key[0]) & (recs["publisher_id"] == key[1])
+                          & (recs["flags"] & F_LAST > 0))
+    s.set_speed(mbo_lab.SPEED_MAX)
+    seen = []
+    while s.advance(0.0) and len(seen) < 50:
+        seen.append(s.record_index)
+    start = int(np.searchsorted(mine, seen[0]))
+    assert seen == mine[start: start + len(seen)].tolist()
+
+
+def test_frame_book_record_is_the_selected_books_last_record(synth_session):
+    s = synth_session
+    s.select(*max(s._book_counts, key=s._book_counts.get))
+    r = s.data.records
+    for idx in (500, 12_345, 40_001):
+        fr = s.seek(idx)
+        bi = fr.book_record_index
+        assert (int(r["instrument_id"][bi]), int(r["publisher_id"][bi])) == \
+            (s.instrument_id, s.publisher_id)
+        later = r[bi + 1: fr.record_index + 1]
+        assert not ((later["instrument_id"] == s.instrument_id)
+                    & (later["publisher_id"] == s.publisher_id)).any()
+        assert fr.book_record["order_id"] == int(r["order_id"][bi])
+        assert fr.to_dict()["book_record"] == fr.book_record
+
+
+def test_trades_between_and_max_trades(synth_session):
+    s = synth_session
+    r = s.data.records
+    ts = r["ts_recv"].astype(np.int64)
+    t0, t1 = int(ts[10_000]), int(ts[30_000])
+    df = s.trades_between(t0, t1, max_trades=10**9)
+    sel = ((r["action"] == b"T") & (r["instrument_id"] == s.instrument_id)
+           & (r["publisher_id"] == s.publisher_id) & (ts >= t0) & (ts < t1))
+    assert df["record_index"].tolist() == np.flatnonzero(sel).tolist()
+    assert str(df.index.tz) == "UTC" and set(df["side"]) <= {"B", "A", "N"}
+    np.testing.assert_allclose(df["price"], r["price"][sel] / 1e9)
+    small = s.trades_between(t0, t1, max_trades=5)
+    assert len(small) == 5 and small.index.is_monotonic_increasing
+    assert small["size"].min() >= df["size"].nlargest(5).min()
+    with pytest.raises(mbo_lab.MboLabError):
+        s.trades_between(t1, t0)
+
+
+def test_history_equals_reference_states_and_spans_trades(synth_session):
+    s = synth_session
+    s.select(*max(s._book_counts, key=s._book_counts.get))
+    fr = s.seek(45_000)
+    h = s.history(points=40, span_ns=None)
+    assert len(h) == 40 and list(h.columns) == ["bid", "ask", "mid"]
+    t0, t_end = h.attrs["window"]
+    assert h.index[-1].value == t_end and t_end == fr.ts_recv + 1
+    # the last point is the current state; every point equals the reference state then
+    assert h["bid"].iloc[-1] == fr.best_bid and h["ask"].iloc[-1] == fr.best_ask
+    r = s.data.records
+    ts = r["ts_recv"].astype(np.int64)
+    ref = ReferenceEngine(1)
+    frames = ref.apply(r[: s.position])
+    mine = ((r["instrument_id"][frames.index] == s.instrument_id)
+            & (r["publisher_id"][frames.index] == s.publisher_id))
+    st_t = ts[frames.index[mine]]
+    st_bid = frames.bid_px[mine, 0]
+    for t, bid in zip(h.index.asi8[::7], h["bid"].to_numpy()[::7]):
+        k = int(np.searchsorted(st_t, t - 1, "right")) - 1  # last state before the point
+        want = np.nan if k < 0 or st_bid[k] == mbo_lab.io.records.UNDEF_PRICE \
+            else st_bid[k] / 1e9
+        np.testing.assert_equal(bid, want)
+    tr = h.attrs["trades"]
+    assert len(tr) > 0
+    assert tr.index.min().value >= t0 and tr.index.max().value < t_end
+    assert (tr["record_index"] < s.position).all()
+
+
+def test_liquidity_zoom_equals_whole_day_slice(synth_session):
+    s = synth_session
+    s.select(*max(s._book_counts, key=s._book_counts.get))
+    pos = s.position
+    ts = s.data.records["ts_recv"].astype(np.int64)
+    day = s.liquidity(time_bins=60, price_rows=50)
+    # a zoomed window on exactly the same bins and rows gives the same cells
+    e = day.t_edges
+    z = s.liquidity(int(e[30]), int(e[40]), time_bins=10, price_rows=50,
+                    price_lo=day.price_edges[0], tick_multiple=day.tick_multiple)
+    np.testing.assert_array_equal(z.price_edges_fixed, day.price_edges_fixed)
+    np.testing.assert_array_equal(z.t_edges, e[30:41])
+    for kind in ("bid_twa", "ask_twa", "bid_max", "ask_max", "buy_volume", "sell_volume"):
+        np.testing.assert_allclose(getattr(z, kind), getattr(day, kind)[30:40], rtol=1e-9,
+                                   equal_nan=True, err_msg=kind)
+    np.testing.assert_array_equal(z.bid_close, day.bid_close[30:40])
+    assert s.position == pos  # views never move the session
+    assert z.info["replayed_from_checkpoint"] <= s.checkpoint_every
+    assert day.t_edges[0] == ts[0] and day.t_edges[-1] == ts[-1] + 1
+    assert np.isfinite(day.bid_twa).any() and (day.buy_volume.sum() > 0)
+
+
+def test_tick_and_time_zone(clx5):
+    s = mbo_lab.open(clx5)
+    assert s.tick == pytest.approx(0.01)
+    assert s.time_zone == "America/Chicago"
+    s.time_zone = "Asia/Tokyo"
+    assert s.time_zone == "Asia/Tokyo"
+    with pytest.raises(mbo_lab.MboLabError):
+        s.time_zone = "Mars/Olympus"
+    demo = mbo_lab.open(mbo_lab.synth_records(5_000, seed=1))
+    assert demo.tick > 0
+    assert demo.time_zone in ("UTC", "America/Chicago")

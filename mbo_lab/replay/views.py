@@ -135,29 +135,8 @@ def liquidity(session: Session, start: Any = None, end: Any = None, *, time_bins
         bid_px, bid_sz, _, ask_px, ask_sz, _ = eng.book_levels(iid, pub)
         # price rows
         tick_fx = int(round(session.tick * FIXED_PRICE_SCALE))
-        if price_lo is not None and price_hi is not None:
-            lo = int(round(float(price_lo) * FIXED_PRICE_SCALE))
-            hi = int(round(float(price_hi) * FIXED_PRICE_SCALE))
-            if hi < lo:
-                raise MboLabError(f"price_hi ({price_hi}) is below price_lo ({price_lo})")
-        else:
-            lo, hi = _default_range(kv, i0, e, key, t0, bid_px, ask_px, tick_fx)
-            if price_lo is not None:
-                lo = int(round(float(price_lo) * FIXED_PRICE_SCALE))
-                hi = max(hi, lo)
-            if price_hi is not None:
-                hi = int(round(float(price_hi) * FIXED_PRICE_SCALE))
-                lo = min(lo, hi)
-        if tick_multiple is None and price_lo is not None and price_hi is not None:
-            pe, mult = price_grid(lo, hi, price_rows, tick_fx)
-            pe, mult = price_grid(lo, hi, price_rows, tick_fx, mult)
-        else:
-            pe, mult = price_grid(lo, hi, price_rows, tick_fx, tick_multiple)
-            if tick_multiple is not None:  # centre the fixed-width rows on the range
-                width = int(pe[-1] - pe[0])
-                c = (lo + hi) // 2
-                start_px = ((c - width // 2) // tick_fx) * tick_fx
-                pe = pe - pe[0] + start_px
+        pe, mult = _price_rows(kv, i0, e, key, t0, bid_px, ask_px, tick_fx, int(price_rows),
+                               price_lo, price_hi, tick_multiple)
         edges = time_edges(t0, t_end, int(time_bins))
         acc = GridAccumulator(edges, pe, key)
         acc.start(bid_px, bid_sz, ask_px, ask_sz, has_state)
@@ -191,6 +170,43 @@ def liquidity(session: Session, start: Any = None, end: Any = None, *, time_bins
     )
     log.debug("liquidity grid %s in %.3f s", g.shape, g.seconds)
     return g
+
+
+def _fixed(px: float) -> int:
+    return int(round(float(px) * FIXED_PRICE_SCALE))
+
+
+def _price_rows(kv, i0, e, key, t0, bid_px, ask_px, tick_fx, rows, price_lo, price_hi,
+                tick_multiple) -> tuple[np.ndarray, int]:
+    """Row edges (fixed) and tick multiple. Rows start at ``price_lo`` (rounded down to the
+    tick) when it is given with a ``tick_multiple`` or alone, end at ``price_hi`` when only
+    it is given, else are centred on the range (default: :func:`_default_range`)."""
+    if price_lo is not None and price_hi is not None:
+        lo, hi = _fixed(price_lo), _fixed(price_hi)
+        if hi < lo:
+            raise MboLabError(f"price_hi ({price_hi}) is below price_lo ({price_lo})")
+        anchor = "centre" if tick_multiple is None else "lo"
+    else:
+        lo, hi = _default_range(kv, i0, e, key, t0, bid_px, ask_px, tick_fx)
+        anchor = "centre"
+        if price_lo is not None:
+            lo, hi, anchor = _fixed(price_lo), max(hi, _fixed(price_lo)), "lo"
+        elif price_hi is not None:
+            lo, hi, anchor = min(lo, _fixed(price_hi)), _fixed(price_hi), "hi"
+    if tick_multiple is None:
+        span_ticks = (hi - lo) // tick_fx + 1
+        mult = max(1, -(-span_ticks // rows))
+    else:
+        mult = int(tick_multiple)
+    width = rows * mult * tick_fx
+    if anchor == "lo":
+        start = (lo // tick_fx) * tick_fx
+    elif anchor == "hi":
+        start = -((-hi) // tick_fx) * tick_fx + tick_fx - width
+    else:
+        start = (((lo + hi) // 2 - width // 2) // tick_fx) * tick_fx
+    pe, _ = price_grid(start, start, rows, tick_fx, mult)
+    return pe, mult
 
 
 def _default_range(kv, i0, e, key, t0, bid_px, ask_px, tick_fx) -> tuple[int, int]:
