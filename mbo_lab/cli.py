@@ -190,7 +190,9 @@ def _mbp_schema(levels: int, symbols: dict[int, str]):
 
 
 #: Parquet options of ``mbo-lab mbp`` (benchmarks/bench_cli.py prints the encodings tried)
-MBP_PARQUET = {"compression": "zstd", "compression_level": 1, "use_dictionary": False}
+MBP_PARQUET = {"compression": "zstd", "compression_level": 1}
+_COMPRESSIONS = {"zstd": MBP_PARQUET, "snappy": {"compression": "snappy"},
+                 "none": {"compression": "none", "use_dictionary": False}}
 
 
 def cmd_mbp(args: argparse.Namespace) -> int:
@@ -198,7 +200,7 @@ def cmd_mbp(args: argparse.Namespace) -> int:
 
     from .book.engine import make_engine
     from .config import check_levels, get_settings
-    from .store import book_columns, check_output_file, stream_source
+    from .store import ROW_GROUP_ROWS, book_columns, check_output_file, stream_source
 
     s = get_settings(engine=args.engine, chunk_records=args.chunk_records)
     levels = check_levels(args.levels, s.chunk_records)
@@ -209,7 +211,7 @@ def cmd_mbp(args: argparse.Namespace) -> int:
     eng = make_engine(s.engine, levels=levels, trades=False)
     sample = _sampling(args)
     tmp = out.with_name(out.name + ".part")
-    writer = None
+    writer = bg = None
     rows = 0
     t0 = time.perf_counter()
     try:
@@ -221,33 +223,34 @@ def cmd_mbp(args: argparse.Namespace) -> int:
         else:
             import pyarrow.parquet as pq
 
-            writer = pq.ParquetWriter(str(tmp), schema, **MBP_PARQUET)
+            writer = pq.ParquetWriter(str(tmp), schema, **_COMPRESSIONS[args.compression])
+        bg = _BackgroundWriter(writer)
         for chunk in stream.chunks:
             if not len(chunk):
                 continue
             fr = eng.apply(chunk.records, base_index=chunk.first_index)
             if sample is not None:
                 fr = sample(fr, chunk)
-            if len(fr) == 0:
-                continue
-            rec = chunk.records[fr.index - chunk.first_index]
-            tbl = pa.table(book_columns(fr, None, rec, levels,
-                                        chunk.symbols or stream.symbols, fixed=False))
-            if tbl.schema != schema:
-                tbl = tbl.cast(schema)
-            writer.write_table(tbl)
-            rows += tbl.num_rows
-            del fr, rec, tbl  # each chunk's output is written and dropped
-        writer.close()
+            syms = chunk.symbols or stream.symbols
+            for lo in range(0, len(fr), ROW_GROUP_ROWS):  # small slices: warm, reused memory
+                r = slice(lo, min(len(fr), lo + ROW_GROUP_ROWS))
+                rec = chunk.records[fr.index[r] - chunk.first_index]
+                tbl = pa.table(book_columns(fr, r, rec, levels, syms, fixed=False))
+                if tbl.schema != schema:
+                    tbl = tbl.cast(schema)
+                bg.write(tbl)  # encoded in a second thread while the next slice is built
+                rows += tbl.num_rows
+            del fr  # each chunk's output is written and dropped
+        bg.close()
         writer = None
         os.replace(tmp, out)
     except OSError as exc:
-        _discard(writer, tmp)
+        _discard(bg, writer, tmp)
         from .store import _os_error
 
         raise _os_error(exc, out, "the output") from None
     except BaseException:
-        _discard(writer, tmp)
+        _discard(bg, writer, tmp)
         raise
     note = " (replaced the existing file)" if replaces else ""
     print(f"wrote {rows:,} book states ({levels} levels) to {out}{note} "
@@ -255,7 +258,58 @@ def cmd_mbp(args: argparse.Namespace) -> int:
     return 0
 
 
-def _discard(writer, tmp: Path) -> None:
+class _BackgroundWriter:
+    """Writes Arrow tables with ``writer`` in one background thread (Parquet encoding and
+    compression release the GIL), at most ``depth`` tables queued: bounded memory. An error
+    of the thread is raised by the next :meth:`write` or by :meth:`close`."""
+
+    def __init__(self, writer, depth: int = 2):
+        import queue
+
+        self.writer = writer
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="mbo-lab-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            tbl = self.q.get()
+            if tbl is None:
+                return
+            if self.error is None and not self.stopped:
+                try:
+                    self.writer.write_table(tbl)
+                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                    self.error = exc
+
+    def write(self, tbl) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(tbl)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.stopped = True
+        while True:  # make room for the sentinel without blocking
+            try:
+                self.q.get_nowait()
+            except Exception:  # noqa: BLE001 - queue.Empty
+                break
+        self.q.put(None)
+        self.thread.join(timeout=60)
+
+
+def _discard(bg: _BackgroundWriter | None, writer, tmp: Path) -> None:
+    if bg is not None:
+        bg.abort()
     if writer is not None:
         try:
             writer.close()
@@ -403,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--engine", default=None, choices=["numba", "reference"], help=engine_help)
     m.add_argument("--chunk-records", type=int, default=None,
                    help="records per chunk (memory is bounded by it; default 1Mi)")
+    m.add_argument("--compression", default="zstd", choices=sorted(_COMPRESSIONS),
+                   help="Parquet compression: zstd (default, level 1, dictionary pages), "
+                        "snappy, or none (fastest, about 5x larger)")
     m.set_defaults(func=cmd_mbp)
 
     ex = sub.add_parser("export", help="Parquet store partitioned by UTC day")

@@ -352,8 +352,9 @@ def _float_px(px: np.ndarray) -> np.ndarray:
     return out
 
 
-def _records_columns(rec: np.ndarray, first_index: int, symbols: dict[int, str]) -> dict:
-    cols = _common_columns(rec, first_index + np.arange(len(rec), dtype=np.int64), symbols)
+def _records_columns(rec: np.ndarray, index: np.ndarray, symbols: dict[int, str]) -> dict:
+    """Columns of the records ``rec`` whose positions in the source are ``index``."""
+    cols = _common_columns(rec, index, symbols)
     cols.update({
         "rtype": _col(rec["rtype"]),
         "channel_id": _col(rec["channel_id"]),
@@ -382,12 +383,13 @@ def _trades_columns(rec: np.ndarray, index: np.ndarray, symbols: dict[int, str])
     return cols
 
 
-def book_columns(fr: BookFrames, rows: np.ndarray | None, rec: np.ndarray, levels: int,
-                 symbols: dict[int, str], *, fixed: bool = True,
+def book_columns(fr: BookFrames, rows: np.ndarray | slice | None, rec: np.ndarray,
+                 levels: int, symbols: dict[int, str], *, fixed: bool = True,
                  ts_bin: np.ndarray | None = None) -> dict:
-    """Arrow columns of book states ``rows`` of ``fr`` (all when None), whose F_LAST
-    records are ``rec``: Databento MBP naming, float prices (NaN = empty level), sizes and
-    counts; with ``fixed`` also ``<side>_px_<k>_fixed`` (exact int64, 1e-9)."""
+    """Arrow columns of book states ``rows`` of ``fr`` (positions or a slice; all when
+    None), whose F_LAST records are ``rec``: Databento MBP naming, float prices (NaN =
+    empty level), sizes and counts; with ``fixed`` also ``<side>_px_<k>_fixed`` (exact
+    int64, 1e-9)."""
     cols = _common_columns(rec, fr.index if rows is None else fr.index[rows], symbols)
     if ts_bin is not None:
         cols["ts_bin"] = _ts(ts_bin)
@@ -595,44 +597,51 @@ class _Staging:
         self.committed = False
         self.replaced = False
 
-    def write(self, table: str, columns: dict, ts_recv: np.ndarray) -> None:
-        """Write rows into the file of their UTC day, clustered by instrument."""
+    def write(self, table: str, build, ts_recv: np.ndarray, iid: np.ndarray) -> None:
+        """Write ``len(ts_recv)`` rows into the file of their UTC day, clustered by
+        instrument. ``build(rows)`` returns the Arrow columns (dict or Table) of the given
+        row positions; it is called per row group (at most ``ROW_GROUP_ROWS`` rows), so
+        the temporary columns stay small whatever the chunk size."""
         pa = _pa()
         import pyarrow.parquet as pq
 
-        tbl = columns if isinstance(columns, pa.Table) else pa.table(columns)
-        n = tbl.num_rows
+        n = len(ts_recv)
         if n == 0:
             return
-        if table not in self.schemas:
-            meta = dict(self.meta, table=table)
-            self.schemas[table] = tbl.schema.with_metadata(
-                {"mbo_lab": json.dumps(meta, default=str)})
-        schema = self.schemas[table]
         day = (np.asarray(ts_recv, np.uint64) // np.uint64(_NS_PER_DAY)).astype(np.int64)
-        iid = tbl.column("instrument_id").to_numpy().astype(np.int64)
-        key = (day << 32) | iid
-        if len(key) > 1 and not (key[1:] >= key[:-1]).all():
+        key = (day << 32) | np.asarray(iid, np.int64)
+        if n > 1 and not (key[1:] >= key[:-1]).all():
             order = np.argsort(key, kind="stable")  # by day, instrument; source order kept
             key = key[order]
-            tbl = tbl.take(pa.array(order))
+        else:
+            order = np.arange(n)
         days = key >> 32
         bounds = np.concatenate(([0], np.flatnonzero(np.diff(days)) + 1, [n]))
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             d = str(np.datetime64(int(days[lo]), "D"))
             wkey = (table, d)
-            writer = self.writers.get(wkey)
-            if writer is None:
-                if len(self.writers) >= _MAX_OPEN_WRITERS:
-                    self._close_writers()
-                no = self.part_no.get(wkey, 0)
-                self.part_no[wkey] = no + 1
-                path = self.dir / table / f"date={d}" / f"{no:05d}.parquet"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                writer = pq.ParquetWriter(path, schema, **STORE_PARQUET)
-                self.writers[wkey] = writer
-                self.staged.append((table, d, path))
-            writer.write_table(tbl.slice(lo, hi - lo), row_group_size=ROW_GROUP_ROWS)
+            for slo in range(lo, hi, ROW_GROUP_ROWS):
+                cols = build(order[slo: min(hi, slo + ROW_GROUP_ROWS)])
+                tbl = cols if isinstance(cols, pa.Table) else pa.table(cols)
+                if table not in self.schemas:
+                    meta = dict(self.meta, table=table)
+                    self.schemas[table] = tbl.schema.with_metadata(
+                        {"mbo_lab": json.dumps(meta, default=str)})
+                schema = self.schemas[table]
+                if tbl.schema != schema:
+                    tbl = tbl.cast(schema)
+                writer = self.writers.get(wkey)
+                if writer is None:
+                    if len(self.writers) >= _MAX_OPEN_WRITERS:
+                        self._close_writers()
+                    no = self.part_no.get(wkey, 0)
+                    self.part_no[wkey] = no + 1
+                    path = self.dir / table / f"date={d}" / f"{no:05d}.parquet"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    writer = pq.ParquetWriter(path, schema, **STORE_PARQUET)
+                    self.writers[wkey] = writer
+                    self.staged.append((table, d, path))
+                writer.write_table(tbl, row_group_size=ROW_GROUP_ROWS)
         self.rows[table] = self.rows.get(table, 0) + n
 
     def _close_writers(self) -> None:
@@ -877,32 +886,39 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
             symbols = syms if symbols_arg is None else {**syms, **symbols_arg}
             n_records += len(recs)
             if "records" in what and len(recs):
-                stage.write("records", _records_columns(recs, base, symbols), recs["ts_recv"])
+                stage.write("records", lambda r, recs=recs, base=base, symbols=symbols:
+                            _records_columns(recs[r], base + r, symbols),
+                            recs["ts_recv"], recs["instrument_id"])
             if "trades" in what and len(recs):
                 ti = np.flatnonzero(recs["action"].view(np.uint8) == ACTION_TRADE)
                 tr = recs[ti]
-                stage.write("trades", _trades_columns(tr, base + ti, symbols), tr["ts_recv"])
+                stage.write("trades", lambda r, tr=tr, ti=ti, base=base, symbols=symbols:
+                            _trades_columns(tr[r], base + ti[r], symbols),
+                            tr["ts_recv"], tr["instrument_id"])
             if need_book and len(recs):
                 fr = eng.apply(recs, base_index=base)
                 local = fr.index - base
-                rec_l = recs[local]
+                ts_l = recs["ts_recv"][local]
+                iid_l = recs["instrument_id"][local]
+
+                def states(r, lv, fr=fr, local=local, recs=recs, symbols=symbols):
+                    return book_columns(fr, r, recs[local[r]], lv, symbols)
+
                 if "bbo" in what:
-                    stage.write("bbo", book_columns(fr, None, rec_l, 1, symbols),
-                                rec_l["ts_recv"])
+                    stage.write("bbo", lambda r: states(r, 1), ts_l, iid_l)
                 if "mbp" in what and sampler is None:
-                    stage.write("mbp", book_columns(fr, None, rec_l, levels, symbols),
-                                rec_l["ts_recv"])
+                    stage.write("mbp", lambda r: states(r, levels), ts_l, iid_l)
                 elif "mbp" in what:
-                    tbl, ts = sampler.step(fr, rec_l, levels, symbols)
+                    tbl, ts = sampler.step(fr, recs[local], levels, symbols)
                     if tbl is not None:
-                        stage.write("mbp", tbl, ts)
-                del fr, rec_l
+                        _write_table(stage, "mbp", tbl, ts)
+                del fr, local
             if bar is not None:
                 bar.update(len(recs))
         if sampler is not None:
             tbl, ts = sampler.flush()
             if tbl is not None:
-                stage.write("mbp", tbl, ts)
+                _write_table(stage, "mbp", tbl, ts)
         summary["records"] = n_records
         partitions = stage.commit(what, summary)
     except OSError as exc:
@@ -932,6 +948,12 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
                    for t in what},
         "counters": eng.counters if need_book else {},
     }
+
+
+def _write_table(stage: _Staging, table: str, tbl, ts: np.ndarray) -> None:
+    pa = _pa()
+    iid = tbl.column("instrument_id").to_numpy()
+    stage.write(table, lambda r: tbl.take(pa.array(r)), ts, iid)
 
 
 # --------------------------------------------------------------------------- reading
