@@ -17,6 +17,7 @@ __all__ = [
     "FileChangedError",
     "InputPathError",
     "ConfigError",
+    "ArgumentError",
     "EngineError",
 ]
 
@@ -94,6 +95,10 @@ class InputPathError(DataError):
 
 class ConfigError(MboLabError):
     """A setting (keyword argument or MBO_LAB_* environment variable) has a bad value."""
+
+
+class ArgumentError(ConfigError, ValueError):
+    """A function or command argument has a bad value (also a ``ValueError``)."""
 
 
 class EngineError(MboLabError):

@@ -392,19 +392,27 @@ def test_custom_instruments_cap_and_low_price():
     assert st["max_live"] <= 40
 
 
-def test_bad_arguments():
-    with pytest.raises(ValueError):
+def test_bad_arguments(tmp_path):
+    from mbo_lab.errors import ArgumentError, MboLabError
+
+    assert issubclass(ArgumentError, MboLabError) and issubclass(ArgumentError, ValueError)
+    with pytest.raises(ArgumentError, match="n_records must be >= 0, got -1"):
         generate(-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ArgumentError, match="chunk_records"):
         generate(10, chunk_records=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ArgumentError, match="clear_snapshot_every"):
         generate(10, clear_snapshot_every=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ArgumentError, match="tick"):
         generate(10, instruments=[SynthInstrument(1, 1, "X", 0, 100)])
-    with pytest.raises(ValueError):
+    with pytest.raises(ArgumentError, match="duplicate"):
         generate(10, instruments=[SynthInstrument(1, 1, "X", 10, 100)] * 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ArgumentError):
         generate(10, instruments=[TOB_INSTRUMENT], tob_publisher=False)
+    # the file writer checks before creating anything
+    for kw in ({"n_records": -1}, {"n_records": 10, "clear_snapshot_every": 0}):
+        with pytest.raises(ArgumentError):
+            synth.write_synth(tmp_path / "x.dbn.zst", progress=False, **kw)
+    assert not list(tmp_path.iterdir())
 
 
 # --------------------------------------------------------------------------- files

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import (
+    ArgumentError,
     CorruptFileError,
     DataError,
     FileChangedError,
@@ -814,7 +815,7 @@ class MboData:
         ``symbol`` comes from the file's symbol mappings.
         """
         if price_type not in ("float", "fixed"):
-            raise ValueError("price_type must be 'float' or 'fixed'")
+            raise ArgumentError(f"price_type must be 'float' or 'fixed', got {price_type!r}")
         self.check_unchanged()
         r = self.records
         if price_type == "float":
@@ -1096,7 +1097,7 @@ def iter_chunks(path: str | os.PathLike, chunk_records: int = 1 << 20, *,
     it, after the chunks before it were yielded.
     """
     if chunk_records < 1:
-        raise ValueError("chunk_records must be >= 1")
+        raise ArgumentError(f"chunk_records must be >= 1, got {chunk_records}")
     p = Path(path)
     where = str(p)
     fh = _open_input(p)

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
+from ..errors import ArgumentError
 from .records import (
     ACTION_ADD,
     ACTION_CANCEL,
@@ -825,32 +826,32 @@ def _resolve_instruments(instruments: Sequence[SynthInstrument] | None,
     else:
         books = [i for i in instruments if tob_publisher or not i.tob]
     if not books:
-        raise ValueError("no books to simulate: pass at least one SynthInstrument "
+        raise ArgumentError("no books to simulate: pass at least one SynthInstrument "
                          "(tob_publisher=False drops top-of-book-only ones)")
     seen = set()
     for ins in books:
         key = (int(ins.instrument_id), int(ins.publisher_id))
         if key in seen:
-            raise ValueError(f"duplicate book (instrument_id, publisher_id) = {key}")
+            raise ArgumentError(f"duplicate book (instrument_id, publisher_id) = {key}")
         seen.add(key)
         if ins.tick <= 0:
-            raise ValueError(f"{ins.symbol}: tick must be > 0 (fixed-point, 1e-9 units), "
+            raise ArgumentError(f"{ins.symbol}: tick must be > 0 (fixed-point, 1e-9 units), "
                              f"got {ins.tick}")
         if ins.start_price < ins.tick:
-            raise ValueError(f"{ins.symbol}: start_price must be >= one tick "
+            raise ArgumentError(f"{ins.symbol}: start_price must be >= one tick "
                              f"(fixed-point, 1e-9 units), got {ins.start_price}")
         if ins.weight <= 0 or ins.lot_size < 1 or ins.target_orders < 1:
-            raise ValueError(f"{ins.symbol}: weight must be > 0, lot_size >= 1 and "
+            raise ArgumentError(f"{ins.symbol}: weight must be > 0, lot_size >= 1 and "
                              "target_orders >= 1")
         if not 0 <= ins.instrument_id < 2**32 or not 0 <= ins.publisher_id < 2**16:
-            raise ValueError(f"{ins.symbol}: instrument_id must fit u32, publisher_id u16")
+            raise ArgumentError(f"{ins.symbol}: instrument_id must fit u32, publisher_id u16")
     return books
 
 
 def _gap_params(events_per_second: float) -> tuple[float, float, float]:
     """(burst mean, slow mean, max gap) in ns for a mean event rate."""
     if not events_per_second > 0:
-        raise ValueError(f"events_per_second must be > 0, got {events_per_second}")
+        raise ArgumentError(f"events_per_second must be > 0, got {events_per_second}")
     mean = 1e9 / events_per_second
     burst = min(20_000.0, 0.25 * mean)
     slow = (mean - 0.4 * burst) / 0.6
@@ -921,11 +922,11 @@ class _State:
 def _check_common(n_records: int, chunk_records: int, clear_snapshot_every: int | None
                   ) -> None:
     if int(n_records) < 0:
-        raise ValueError(f"n_records must be >= 0, got {n_records}")
+        raise ArgumentError(f"n_records must be >= 0, got {n_records}")
     if int(chunk_records) < 1:
-        raise ValueError(f"chunk_records must be >= 1, got {chunk_records}")
+        raise ArgumentError(f"chunk_records must be >= 1, got {chunk_records}")
     if clear_snapshot_every is not None and int(clear_snapshot_every) < 1:
-        raise ValueError("clear_snapshot_every must be None or >= 1 (records), got "
+        raise ArgumentError("clear_snapshot_every must be None or >= 1 (records), got "
                          f"{clear_snapshot_every}")
 
 
@@ -970,9 +971,9 @@ def generate(n_records: int, *, seed: int = 0,
     _check_common(n_records, chunk_records, clear_snapshot_every)
     books = _resolve_instruments(instruments, tob_publisher)
     if int(max_live_per_book) < 16:
-        raise ValueError(f"max_live_per_book must be >= 16, got {max_live_per_book}")
+        raise ArgumentError(f"max_live_per_book must be >= 16, got {max_live_per_book}")
     if int(start_ns) < 0:
-        raise ValueError(f"start_ns must be >= 0 (ns since the UNIX epoch), got {start_ns}")
+        raise ArgumentError(f"start_ns must be >= 0 (ns since the UNIX epoch), got {start_ns}")
     state = _State(int(n_records), seed, books, clear_snapshot_every, start_ns,
                    events_per_second, max_live_per_book)
     return _iterate(state, int(n_records), int(chunk_records))
