@@ -3,16 +3,11 @@ zoom re-queries the visible window with bounded payloads, a click seeks the sess
 colour controls, time labels in any zone, close() unsubscribes.
 
 The map reads only the session APIs of contract B (``liquidity``, ``trades_between``,
-``seek``, ``subscribe``, ``frame``, ``tick``, ``time_zone``). When the real session does
-not offer ``liquidity`` yet, :class:`_ContractB` adds a simple stand-in computed from
-``mbo_lab.mbp`` states (last state per time bin), so the widget is still tested against
-real seeks and frames.
+``seek``, ``subscribe``, ``frame``, ``tick``, ``time_zone``); the tests use a real
+Session on synthetic data that records the ``liquidity`` calls.
 """
 
 from __future__ import annotations
-
-import math
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -29,110 +24,22 @@ from mbo_lab.viz.liquidity_map import (
 
 pytest.importorskip("bqplot")
 
-REAL_GRID = hasattr(Session, "liquidity") and hasattr(Session, "trades_between")
-
-
-class _ContractB(Session):
-    """A real Session plus stand-ins for the contract-B views it may not have yet."""
-
-    calls: list
+class _Recording(Session):
+    """The real Session, recording the ``liquidity`` calls the map makes."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.calls = []
-        self._mbp = None
+        self.calls: list[dict] = []
 
-    def _states(self) -> pd.DataFrame:
-        if self._mbp is None:
-            df = mbo_lab.mbp(self.data, levels=10)
-            self._mbp = df[(df.instrument_id == self.instrument_id)
-                           & (df.publisher_id == self.publisher_id)]
-        return self._mbp
-
-    def liquidity(self, start=None, end=None, *, time_bins=1000, price_rows=400,
-                  price_lo=None, price_hi=None, tick_multiple=None, progress=None):
-        self.calls.append(dict(start=start, end=end, time_bins=time_bins,
-                               price_rows=price_rows, price_lo=price_lo, price_hi=price_hi,
-                               tick_multiple=tick_multiple))
-        if REAL_GRID:
-            return super().liquidity(start, end, time_bins=time_bins, price_rows=price_rows,
-                                     price_lo=price_lo, price_hi=price_hi,
-                                     tick_multiple=tick_multiple, progress=progress)
-        ts = self.data.records["ts_recv"]
-        s = int(ts[0]) if start is None else int(start)
-        e = int(ts[-1]) + 1 if end is None else int(end)
-        st = self._states()
-        t = st.index.as_unit("ns").asi8
-        tick = self.tick
-        mult = tick_multiple or 1
-        if price_lo is None:
-            px = st[[f"bid_px_{k:02d}" for k in range(10)]
-                    + [f"ask_px_{k:02d}" for k in range(10)]].to_numpy()
-            price_lo, price_hi = np.nanmin(px), np.nanmax(px) + tick
-            mult = max(1, math.ceil((price_hi - price_lo) / tick / price_rows))
-        rows = max(1, math.ceil((price_hi - price_lo) / (tick * mult) - 1e-9))
-        pe = price_lo + np.arange(rows + 1) * tick * mult
-        te = np.linspace(s, e, time_bins + 1).astype(np.int64)
-        bid = np.full((time_bins, rows), np.nan)
-        ask = np.full((time_bins, rows), np.nan)
-        bclose = np.full(time_bins, np.nan)
-        aclose = np.full(time_bins, np.nan)
-        idx = np.searchsorted(t, te[1:], "right") - 1
-        for b, i in enumerate(idx):
-            if i < 0:
-                continue
-            row = st.iloc[i]
-            bid[b] = ask[b] = 0.0
-            for side, arr, close in (("bid", bid, bclose), ("ask", ask, aclose)):
-                close[b] = row[f"{side}_px_00"]
-                for k in range(10):
-                    p = row[f"{side}_px_{k:02d}"]
-                    if np.isfinite(p):
-                        r = int(np.floor((p - price_lo) / (tick * mult) + 1e-9))
-                        if 0 <= r < rows:
-                            arr[b, r] += row[f"{side}_sz_{k:02d}"]
-        zeros = np.zeros((time_bins, rows))
-        vol = zeros.copy()
-        tr = self.trades_between(s, e, max_trades=10**9)
-        if len(tr):
-            tb = np.clip(np.searchsorted(te, tr.index.as_unit("ns").asi8, "right") - 1,
-                         0, time_bins - 1)
-            tr_rows = np.floor((tr["price"].to_numpy() - price_lo) / (tick * mult) + 1e-9)
-            ok = (tr_rows >= 0) & (tr_rows < rows)
-            np.add.at(vol, (tb[ok], tr_rows[ok].astype(int)), tr["size"].to_numpy()[ok])
-        lo = pd.DataFrame({"ts_start": [s], "ts_end": [e], "side": ["B"],
-                           "price": [float(pe[rows // 2])], "size": [100], "order_id": [1]})
-        return SimpleNamespace(
-            t_edges=te, price_edges=pe.astype(np.float64),
-            price_edges_fixed=np.rint(pe * 1e9).astype(np.int64), tick=tick * mult,
-            bid_twa=bid, ask_twa=ask, bid_max=bid * 1.5, ask_max=ask * 1.5,
-            buy_volume=vol, sell_volume=zeros, bid_close=bclose, ask_close=aclose,
-            bid_high=bclose, bid_low=bclose, ask_high=aclose, ask_low=aclose,
-            bid_open=bclose, ask_open=aclose, large_orders=lo, nbytes=bid.nbytes * 6)
-
-    if not REAL_GRID:
-        tick = 0.25  # the synthetic generator's tick
-        time_zone = "America/Chicago"
-
-        def trades_between(self, start, end, max_trades=5000):
-            r = self.data.records
-            i = self._book_trades
-            m = (r["ts_recv"][i] >= start) & (r["ts_recv"][i] < end)
-            i = i[m]
-            df = pd.DataFrame(
-                {"price": r["price"][i] / 1e9, "size": r["size"][i].astype(np.int64),
-                 "side": [s.decode() for s in r["side"][i]], "record_index": i},
-                index=pd.DatetimeIndex(r["ts_recv"][i].astype("datetime64[ns]"),
-                                       tz="UTC", name="ts_recv"))
-            if len(df) > max_trades:
-                df = df.nlargest(max_trades, "size").sort_index()
-            return df
+    def liquidity(self, start=None, end=None, **kw):
+        self.calls.append(dict(start=start, end=end, **kw))
+        return super().liquidity(start, end, **kw)
 
 
 @pytest.fixture(scope="module")
 def session():
     recs = mbo_lab.synth_records(30_000, seed=11)
-    return _ContractB(recs, fps=240)
+    return _Recording(recs, fps=240)
 
 
 @pytest.fixture
@@ -303,7 +210,7 @@ def test_click_in_seek_mode_moves_the_session(lmap, session):
     # the seek columns cover the window, a pixel column each
     s, e, _, _ = lmap.window
     k = len(lmap.hit.x) // 3
-    assert len(lmap.hit.x) == lmap.width_px
+    assert len(lmap.hit.x) == lmap.width_px // 2
     width = (e - s) / len(lmap.hit.x)
     target = int(s + (k + 0.5) * width)
     assert abs(lmap.origin_ns + lmap.hit.x[k] * 1e9 - target) < 2e3

@@ -291,7 +291,7 @@ class LiquidityMap(W.VBox):
         # "seek" mode: invisible full-height columns that catch clicks (bqplot's selectors
         # report no single click position; a mark's element_click does)
         self.hit = bq.Bars(x=_f64([0, 1]), y=_f64([1, 1]), colors=[CURSOR], opacities=[0.0],
-                           padding=0.0, base=0.0, stroke_width=0,
+                           padding=0.0, base=0.0, stroke=CURSOR, stroke_width=3,
                            scales={"x": self.x_scale, "y": self.unit_scale}, visible=False)
         self.hit.on_element_click(self._on_hit)
         self._hit_ns = np.zeros(2, dtype=np.int64)
@@ -655,10 +655,11 @@ class LiquidityMap(W.VBox):
             self.large.visible = True
         return x.nbytes + y.nbytes
 
-    def _send_hit(self, s: int, e: int, columns: int = 1000) -> int:
-        """The seek columns: even slices of the window, one per pixel column of the map
-        (at most ``columns``); a click seeks to the middle of its slice."""
-        n = int(max(2, min(columns, self.width_px)))
+    def _send_hit(self, s: int, e: int, columns: int = 500) -> int:
+        """The seek columns: even slices of the window, one per two pixel columns of the
+        map (at most ``columns``); a click seeks to the middle of its slice. (bqplot rounds
+        bar widths to whole pixels; the invisible 3 px stroke closes the gaps.)"""
+        n = int(max(2, min(columns, self.width_px // 2)))
         edges = np.linspace(s, e, n + 1)
         mid = ((edges[:-1] + edges[1:]) / 2).astype(np.int64)
         self._hit_ns = mid
