@@ -970,3 +970,53 @@ def test_check_input_path_returns_path(clx5_path):
     assert check_input_path(str(clx5_path)) == Path(clx5_path)
     assert issubclass(InputPathError, DataError) and issubclass(CorruptFileError, NotDbnError)
     assert issubclass(FileChangedError, DataError) and issubclass(DataError, MboLabError)
+
+
+# ---- writer failures leave nothing half-written
+
+
+class _FullDisk:
+    """A binary file whose writes fail with ENOSPC after ``limit`` bytes."""
+
+    def __init__(self, path, limit):
+        self._f = open(path, "wb")  # noqa: SIM115
+        self._left = limit
+
+    def write(self, data):
+        import errno
+
+        if len(data) > self._left:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._left -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+@pytest.mark.parametrize("suffix", [".dbn", ".dbn.zst"])
+def test_writer_failure_leaves_old_file_and_no_part(clx5, tmp_path, monkeypatch, suffix):
+    import errno
+
+    import mbo_lab.io.dbn as dbn
+
+    out = tmp_path / f"out{suffix}"
+    out.write_bytes(b"old content")
+    monkeypatch.setattr(dbn, "open", lambda p, mode: _FullDisk(p, 5_000), raising=False)
+    with pytest.raises(OSError) as err:
+        write_dbn(out, clx5.records)   # the zstd writer fails at write or at close
+    assert err.value.errno == errno.ENOSPC
+    assert out.read_bytes() == b"old content"
+    assert sorted(x.name for x in tmp_path.iterdir()) == [out.name]
+    monkeypatch.undo()
+    real_replace = dbn.os.replace
+
+    def failing_replace(a, b):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(dbn.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        write_dbn(out, clx5.records[:10])
+    monkeypatch.setattr(dbn.os, "replace", real_replace)
+    assert out.read_bytes() == b"old content"
+    assert sorted(x.name for x in tmp_path.iterdir()) == [out.name]

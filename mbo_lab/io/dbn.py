@@ -8,6 +8,17 @@ for files larger than memory. :class:`DbnWriter` writes MBO records as real DBN 
 (the metadata is encoded by ``databento_dbn``), so every file mbo_lab writes is readable
 by Databento's own tools.
 
+Integrity: inputs are checked before opening (:func:`check_input_path`: missing path,
+directory, symlink loop, permission, fifo/device). A ``.zst`` is walked frame by frame and
+block by block, so a file cut anywhere -- also where the decompressed data happens to end
+on a record boundary -- raises :class:`~mbo_lab.errors.TruncatedFileError`; content
+checksums are verified when present (files written here always carry one) and damage
+raises :class:`~mbo_lab.errors.CorruptFileError` with the compressed offset. The header
+and record layout are checked as the data is decompressed (at most ~128 KiB at a time),
+so a small file that expands to gigabytes of junk is rejected at once. A memory-mapped
+file changed after loading is caught by :meth:`MboData.check_unchanged`
+(:class:`~mbo_lab.errors.FileChangedError`) instead of a SIGBUS.
+
 >>> data = load(demo_path())          # doctest: +SKIP
 >>> len(data), data.metadata.schema   # doctest: +SKIP
 (200000, 'mbo')
@@ -1281,15 +1292,19 @@ class DbnWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(self.path.name + ".part")
         self._fh = open(self._tmp, "wb")
-        if compress:
-            import zstandard
+        try:
+            if compress:
+                import zstandard
 
-            # the content checksum lets readers detect damaged data (bit flips)
-            self._out = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
-                self._fh, closefd=False)
-        else:
-            self._out = self._fh
-        self._out.write(meta)
+                # the content checksum lets readers detect damaged data (bit flips)
+                self._out = zstandard.ZstdCompressor(level=3, write_checksum=True
+                                                     ).stream_writer(self._fh, closefd=False)
+            else:
+                self._out = self._fh
+            self._out.write(meta)
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, records: np.ndarray) -> None:
         """Append records (MBO_DTYPE, or any 56-byte structured array with that layout)."""
@@ -1299,20 +1314,31 @@ class DbnWriter:
         self.records_written += len(records)
 
     def close(self) -> None:
-        """Finish the file (renamed into place only when complete)."""
+        """Finish the file: flushed, then renamed over ``path`` (an existing file there is
+        replaced only now, when the new one is complete). On any failure (e.g. a full
+        disk) the partial ``.part`` file is removed and the error re-raised."""
         if self._fh.closed:
             return
-        if self._out is not self._fh:
-            self._out.close()
-        self._fh.close()
-        os.replace(self._tmp, self.path)
+        try:
+            if self._out is not self._fh:
+                self._out.close()
+            self._fh.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
-        """Drop a partly written file."""
-        if not self._fh.closed:
-            self._fh.close()
-        if self._tmp.exists():
+        """Drop a partly written file (never raises for a file already gone)."""
+        try:
+            if not self._fh.closed:
+                self._fh.close()
+        except OSError:
+            pass
+        try:
             self._tmp.unlink()
+        except FileNotFoundError:
+            pass
 
     def __enter__(self) -> DbnWriter:
         return self
