@@ -1,15 +1,23 @@
-"""Whole-stream book building: ``mbp()``, ``bbo()`` and ``replay_frames()``.
+"""Whole-stream book building: ``mbp()``, ``bbo()``, ``replay_frames()``, ``iter_frames()``.
 
 These run an engine over a source (a path, an :class:`~mbo_lab.io.dbn.MboData` or a
-record array) chunk by chunk and return book states at every F_LAST record.
+record array) and return book states at F_LAST records: every one, or sampled in the
+kernel (``every=``: the last state of each book per time bin; ``changes_only=True``: only
+states whose published top-N changed).
 
 >>> df = mbo_lab.mbp("CLX5_mbo.dbn", levels=10)     # doctest: +SKIP
 >>> df[["bid_px_00", "ask_px_00", "crossed"]].head() # doctest: +SKIP
+>>> mbo_lab.mbp(day, levels=10, every="100ms")        # doctest: +SKIP
+
+Memory: a whole day (10-100M records) of MBP-10 at every F_LAST does not fit in memory
+(about 330 bytes per state, so 3-30 GB); sample it with ``every=`` and/or
+``changes_only=True``, or stream it with :func:`iter_frames`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -17,13 +25,17 @@ import pandas as pd
 from ..config import get_settings
 from ..errors import EngineError
 from ..io.dbn import MboData, iter_chunks, load
-from .engine import make_engine
-from .frames import BookFrames
+from ..io.records import kernel_view
+from . import kernel as K
+from .engine import NumbaEngine, make_engine
+from .frames import BookFrames, FrameBuffer
 
-__all__ = ["Source", "as_data", "replay_frames", "iter_frames", "mbp", "bbo"]
+__all__ = ["Source", "as_data", "replay_frames", "iter_frames", "mbp", "bbo", "every_ns"]
 
 #: What the book functions accept: a file path, loaded data, or MBO records.
 Source = str | os.PathLike | MboData | np.ndarray
+
+_U32_MAX = 2**32 - 1
 
 
 def as_data(source: Source) -> MboData:
@@ -40,74 +52,238 @@ def as_data(source: Source) -> MboData:
     )
 
 
-def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
-                  chunk_records: int | None = None, progress: bool | None = None
-                  ) -> tuple[BookFrames, MboData | None]:
-    """Run an engine over ``source`` (chunk by chunk); return the frames and the data.
+def every_ns(every: str | int | pd.Timedelta | np.timedelta64 | None) -> int | None:
+    """A sampling interval as ns: a pandas offset/timedelta string (``"100ms"``, ``"1s"``,
+    ``"5min"``), a ``Timedelta``, or an int of ns. None stays None."""
+    if every is None:
+        return None
+    if isinstance(every, (bool, float)):
+        raise EngineError(f"every must be an offset string like '100ms' or int ns, got "
+                          f"{every!r}")
+    try:
+        if isinstance(every, (int, np.integer)):
+            ns = int(every)
+        elif isinstance(every, str):
+            try:
+                ns = int(pd.Timedelta(every).value)
+            except ValueError:
+                ns = int(pd.tseries.frequencies.to_offset(every).nanos)
+        else:
+            ns = int(pd.Timedelta(every).value)
+    except (ValueError, TypeError) as exc:
+        raise EngineError(f"every={every!r} is not a fixed time interval (use e.g. '100ms', "
+                          f"'1s' or an int of ns): {exc}") from None
+    if ns <= 0:
+        raise EngineError(f"every must be a positive interval, got {every!r}")
+    return ns
 
-    For files larger than memory use :func:`iter_frames`, which streams.
+
+def _check_unchanged(data: MboData) -> None:
+    check = getattr(data, "check_unchanged", None)
+    if check is not None:
+        check()
+
+
+def _sample_reference(frames: BookFrames, records: np.ndarray, every: int | None,
+                      changes_only: bool) -> BookFrames:
+    """The kernel's sampling rules applied to finished frames (for the reference engine)."""
+    if not len(frames):
+        return frames
+    rec = records[frames.index]
+    key = (rec["instrument_id"].astype(np.int64) << 16) | rec["publisher_id"]
+    keep = np.ones(len(frames), bool)
+    if every:
+        t = rec["ts_recv"].astype(np.int64) // every
+        df = pd.DataFrame({"k": key, "t": t})
+        keep[:] = False
+        keep[df.groupby(["k", "t"], sort=False).tail(1).index.to_numpy()] = True
+    rows = np.flatnonzero(keep)
+    if changes_only:
+        last: dict[int, tuple] = {}
+        sel = []
+        for r in rows.tolist():
+            state = tuple(getattr(frames, f)[r].tobytes() for f in
+                          ("bid_px", "bid_sz", "bid_ct", "ask_px", "ask_sz", "ask_ct",
+                           "cross"))
+            if last.get(int(key[r])) != state:
+                last[int(key[r])] = state
+                sel.append(r)
+        rows = np.array(sel, np.int64)
+    out = BookFrames(*(getattr(frames, f)[rows] for f in
+                       ("index", "bid_px", "bid_sz", "bid_ct", "ask_px", "ask_sz", "ask_ct",
+                        "cross")), frames.trades, dict(frames.counters))
+    return out
+
+
+def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
+                  chunk_records: int | None = None, progress: bool | None = None, *,
+                  every: str | int | None = None, changes_only: bool = False,
+                  price_type: str = "fixed", compact: bool = False
+                  ) -> tuple[BookFrames, MboData | None]:
+    """Run an engine over ``source``; return the frames and the data.
+
+    The Numba engine counts the F_LAST records first and writes every state once into
+    arrays of the final size (one contiguous array per level and column), with the
+    records' ``ts_recv``, ``ts_event``, ids and sequence in ``frames.fields``.
+    ``every``/``changes_only`` sample in the kernel (see :func:`mbp`). ``price_type="float"``
+    has the kernel write float prices (NaN when empty); ``compact=True`` stores sizes and
+    counts as uint32 when that is exact for this source (as Databento's MBP-10 does),
+    otherwise int64 sizes / int32 counts. For files larger than memory use
+    :func:`iter_frames`, which streams.
     """
     s = get_settings(engine=engine, chunk_records=chunk_records)
-    eng = make_engine(s.engine, levels=levels)
-    parts: list[BookFrames] = []
+    every = every_ns(every)
+    if price_type not in ("float", "fixed"):
+        raise EngineError("price_type must be 'float' or 'fixed'")
     data = as_data(source)
+    _check_unchanged(data)
     n = len(data)
     bar = None
     if progress or (progress is None and n >= 20 * s.chunk_records):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, unit="rec", unit_scale=True, desc="book", leave=False)
-    for lo in range(0, n, s.chunk_records):
-        chunk = data.records[lo: lo + s.chunk_records]
-        parts.append(eng.apply(chunk, base_index=lo))
+    try:
+        if s.engine != "numba":
+            eng = make_engine(s.engine, levels=levels)
+            parts: list[BookFrames] = []
+            for lo in range(0, n, s.chunk_records):
+                chunk = data.records[lo: lo + s.chunk_records]
+                parts.append(eng.apply(chunk, base_index=lo))
+                if bar is not None:
+                    bar.update(len(chunk))
+            frames = BookFrames.concat(parts, levels)
+            if every or changes_only:
+                frames = _sample_reference(frames, data.records, every, changes_only)
+            frames.counters = eng.counters
+            return frames, data
+        eng = NumbaEngine(levels, every=every, changes_only=changes_only)
+        recs = kernel_view(data.records)
+        n_last, n_trades, size_sum = K.scan_counts(recs)
+        narrow = compact and size_sum <= _U32_MAX
+        sampled = every is not None or changes_only
+        cap = n_last if not sampled else min(n_last, 1 << 16) + 16
+        buf = FrameBuffer(cap, levels, px=np.float64 if price_type == "float" else np.int64,
+                          sz=np.uint32 if narrow else np.int64,
+                          ct=np.uint32 if narrow else np.int32, column_major=True, fields=True)
+        trade_idx = np.empty(n_trades, np.int64)
+        n_out, n_tr = 0, 0
+        for lo in range(0, n, s.chunk_records):
+            chunk = recs[lo: lo + s.chunk_records]
+            buf, n_out, n_tr, _ = eng.run(chunk, buf, n_out, trade_idx, lo, n_trades=n_tr)
+            if bar is not None:
+                bar.update(len(chunk))
+        if sampled:
+            buf, n_out = eng.flush(buf, n_out)
+        frames = buf.frames(n_out)
+        frames.trades = trade_idx[:n_tr]
+        frames.counters = eng.counters
+        return frames, data
+    finally:
         if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    frames = BookFrames.concat(parts, levels)
-    frames.counters = eng.counters
-    return frames, data
+            bar.close()
 
 
 def iter_frames(path: str | os.PathLike, levels: int = 10, engine: str | None = None,
-                chunk_records: int | None = None, progress: bool | None = None):
+                chunk_records: int | None = None, progress: bool | None = None, *,
+                every: str | int | None = None, changes_only: bool = False,
+                reuse: bool = True, price_type: str = "fixed"
+                ) -> Iterator[tuple[object, BookFrames]]:
     """Stream a DBN file through an engine: yields ``(chunk, frames)`` per chunk.
 
     Memory stays bounded by the chunk size (``.dbn.zst`` is decompressed as a stream).
     ``frames.index`` holds file-wide record indices; ``chunk.first_index`` is the chunk's
     offset, so ``chunk.records[frames.index - chunk.first_index]`` are the F_LAST records.
+    With the Numba engine the frames also carry those records' fields (``frames.fields``),
+    so ``frames.to_df(None, symbols)`` needs no records.
+
+    ``reuse=True`` (default): the Numba engine writes every chunk's states into the same
+    buffers, so a yielded ``frames`` (and a ``to_df`` made from it without copying) is
+    valid only until the next chunk is requested; keep one with ``frames.copy()`` or pass
+    ``reuse=False``.
+
+    ``every``/``changes_only`` sample in the kernel (see :func:`mbp`). A state is emitted
+    when its time bin ends, possibly in a later chunk; the states still pending after the
+    last chunk come as one more ``(last chunk, frames)`` pair (their indices may point
+    before that chunk, their fields are in ``frames.fields``).
     """
     s = get_settings(engine=engine, chunk_records=chunk_records)
-    eng = make_engine(s.engine, levels=levels)
+    every = every_ns(every)
+    sampled = every is not None or changes_only
+    if s.engine != "numba":
+        if sampled:
+            raise EngineError("iter_frames samples (every=, changes_only=) with the numba "
+                              "engine only; use engine='numba' or replay_frames()")
+        eng = make_engine(s.engine, levels=levels)
+        for chunk in iter_chunks(path, s.chunk_records, progress=progress):
+            yield chunk, eng.apply(chunk.records, base_index=chunk.first_index)
+        return
+    eng = NumbaEngine(levels, every=every, changes_only=changes_only)
+    px = np.float64 if price_type == "float" else np.int64
+    buf: FrameBuffer | None = None
+    chunk = None
     for chunk in iter_chunks(path, s.chunk_records, progress=progress):
-        yield chunk, eng.apply(chunk.records, base_index=chunk.first_index)
+        recs = kernel_view(chunk.records)
+        n_last, n_trades, _ = K.scan_counts(recs)
+        need = n_last if not sampled else min(n_last, 1 << 14) + 16
+        if buf is None or not reuse or buf.capacity < need:
+            buf = FrameBuffer(max(need, 1), levels, px=px, column_major=True, fields=True)
+        trade_idx = np.empty(n_trades, np.int64)
+        buf, n_out, n_tr, _ = eng.run(recs, buf, 0, trade_idx, chunk.first_index)
+        fr = buf.frames(n_out)
+        fr.trades = trade_idx[:n_tr]
+        fr.counters = eng.counters
+        yield chunk, fr
+    if sampled and chunk is not None and eng.pending:
+        if buf is None or not reuse:
+            buf = FrameBuffer(eng.pending + 1, levels, px=px, column_major=True, fields=True)
+        buf, n_out = eng.flush(buf, 0)
+        fr = buf.frames(n_out)
+        fr.counters = eng.counters
+        yield chunk, fr
 
 
-def mbp(source: Source, levels: int = 10, *, engine: str | None = None,
-        price_type: str = "float", chunk_records: int | None = None,
-        progress: bool | None = None) -> pd.DataFrame:
+def mbp(source: Source, levels: int = 10, *, every: str | int | None = None,
+        changes_only: bool = False, engine: str | None = None, price_type: str = "float",
+        chunk_records: int | None = None, progress: bool | None = None) -> pd.DataFrame:
     """Top-``levels`` book (MBP-N) at every record with F_LAST, as a DataFrame.
 
     One row per F_LAST record for that record's book ``(instrument_id, publisher_id)``,
     indexed by ``ts_recv`` (``datetime64[ns, UTC]``), with Databento's MBP column names
     ``bid_px_00``, ``ask_px_00``, ``bid_sz_00``, ``ask_sz_00``, ``bid_ct_00``,
     ``ask_ct_00``, ... up to ``levels - 1``, plus ``ts_event``, ``instrument_id``,
-    ``publisher_id``, ``sequence``, ``record_index``, ``symbol``, ``crossed`` and
-    ``locked``. Empty levels have NaN prices and zero sizes and counts. Prices are floats
-    (currency units) or, with ``price_type="fixed"``, int64 fixed-point (1e-9).
-    The anomaly counters of the run are in ``df.attrs["counters"]``.
+    ``publisher_id``, ``sequence``, ``record_index``, ``symbol`` (Categorical),
+    ``crossed`` and ``locked``. Empty levels have NaN prices and zero sizes and counts.
+    Prices are floats (currency units) or, with ``price_type="fixed"``, int64 fixed-point
+    (1e-9). Sizes and counts are uint32 (as in Databento's MBP-10) when that holds every
+    value of the source exactly, else int64 sizes and int32 counts. The anomaly counters
+    of the run are in ``df.attrs["counters"]``.
+
+    Sampling, decided in the kernel (so memory follows the kept rows):
+
+    * ``every="100ms"`` (a pandas offset string, or int ns): only the last state of each
+      book in each ``ts_recv`` time bin ``[k * every, (k + 1) * every)``;
+    * ``changes_only=True``: only states whose top ``levels`` (prices, sizes, counts) or
+      cross state differ from that book's previous kept state.
+
+    **A whole trading day at every F_LAST does not fit in memory** for MBP-10 (about 330
+    bytes per state: 10M records -> ~3 GB, 100M -> ~30 GB): use ``every=`` and/or
+    ``changes_only=True``, ``bbo()``, or stream with :func:`iter_frames`.
 
     ``engine`` is ``"numba"`` (default) or ``"reference"``.
     """
-    frames, data = replay_frames(source, levels, engine, chunk_records, progress)
+    frames, data = replay_frames(source, levels, engine, chunk_records, progress,
+                                 every=every, changes_only=changes_only,
+                                 price_type=price_type, compact=True)
     df = frames.to_df(data.records, data.symbols, price_type)
     df.attrs["counters"] = dict(frames.counters)
     return df
 
 
-def bbo(source: Source, *, engine: str | None = None, price_type: str = "float",
+def bbo(source: Source, *, every: str | int | None = None, changes_only: bool = False,
+        engine: str | None = None, price_type: str = "float",
         chunk_records: int | None = None, progress: bool | None = None) -> pd.DataFrame:
-    """Best bid and offer at every record with F_LAST: :func:`mbp` with ``levels=1``."""
-    return mbp(source, 1, engine=engine, price_type=price_type,
-               chunk_records=chunk_records, progress=progress)
-
+    """Best bid and offer at every record with F_LAST: :func:`mbp` with ``levels=1`` (same
+    sampling options)."""
+    return mbp(source, 1, every=every, changes_only=changes_only, engine=engine,
+               price_type=price_type, chunk_records=chunk_records, progress=progress)

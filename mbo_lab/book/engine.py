@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import EngineError
 from ..io.records import F_LAST, MBO_DTYPE, SIDE_ASK, SIDE_BID, UNDEF_PRICE, kernel_view
 from . import kernel as K
-from .frames import BookFrames
+from .frames import BookFrames, FrameBuffer
 from .reference import COUNTER_NAMES, Market, _iter_fields
 from .state import BookState
 
@@ -74,17 +74,56 @@ class NumbaEngine:
         Start from this state (e.g. a checkpoint copy); a new empty one by default.
     trades : bool
         Also collect the record indices of Trade records.
+    every : int, optional
+        Sample on a time grid: keep only the last state of each book in each ``every``-ns
+        bin of ts_recv (bins ``[k * every, (k + 1) * every)``). A bin's states are emitted
+        when a later bin starts; call :meth:`flush` after the last records.
+    changes_only : bool
+        Keep only states whose top ``levels`` (prices, sizes, counts) or cross state differ
+        from the book's previous kept state (after grid sampling when both are set).
     """
 
     name = "numba"
 
-    def __init__(self, levels: int = 10, state: BookState | None = None, trades: bool = True):
+    def __init__(self, levels: int = 10, state: BookState | None = None, trades: bool = True,
+                 *, every: int | None = None, changes_only: bool = False):
         if levels < 1:
             raise EngineError(f"levels must be >= 1, got {levels}")
+        if every is not None and int(every) <= 0:
+            raise EngineError(f"every must be a positive number of ns, got {every!r}")
         self.levels = int(levels)
         self.state = state if state is not None else BookState()
         self.trades = trades
         self.records_applied = 0
+        self.every = 0 if every is None else int(every)
+        self.changes_only = bool(changes_only)
+        w = K.SP_HEAD + 6 * self.levels
+        self._smp_cur = np.zeros(w, np.int64)
+        self._smp_meta = np.zeros(4, np.int64)
+        self._smp = (np.zeros((0, w), np.int64), np.zeros((0, w), np.int64),
+                     np.zeros(0, np.int64))
+        self._fit_sampler()
+
+    @property
+    def sampled(self) -> bool:
+        return self.every > 0 or self.changes_only
+
+    def _fit_sampler(self) -> None:
+        """Sampler rows for every book the state has room for (they grow together)."""
+        if not self.sampled:
+            return
+        nb = len(self.state.arrays["bk_info"])
+        pend, last, lst = self._smp
+        if len(pend) >= nb:
+            return
+        w = pend.shape[1]
+        new_pend = np.full((nb, w), -1, np.int64)
+        new_last = np.full((nb, w), -1, np.int64)
+        new_list = np.zeros(nb, np.int64)
+        new_pend[: len(pend)] = pend
+        new_last[: len(last)] = last
+        new_list[: len(lst)] = lst
+        self._smp = (new_pend, new_last, new_list)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -104,13 +143,26 @@ class NumbaEngine:
         change of an aggregated level's size. Without it the log is empty, shape (0, 4).
         """
         recs = kernel_view(_check_records(records))
+        n_last, n_trades, _ = K.scan_counts(recs)
+        cap = n_last if not self.sampled else min(n_last, 1 << 12) + 16
+        buf = FrameBuffer(cap, self.levels)  # the kernel writes every cell it reports
+        trade_idx = np.zeros(n_trades if self.trades else 0, np.int64)
+        buf, n_out, n_tr, log = self.run(recs, buf, 0, trade_idx, base_index, log_key)
+        out = buf.frames(n_out)
+        out.trades = trade_idx[:n_tr]
+        out.counters = self.counters
+        if log is not None:
+            out.level_log = log
+        return out
+
+    def run(self, recs: np.ndarray, buf: FrameBuffer, n_out: int, trade_idx: np.ndarray,
+            base_index: int | None = None, log_key: int | None = None, n_trades: int = 0
+            ) -> tuple[FrameBuffer, int, int, np.ndarray | None]:
+        """Apply kernel-view records, writing states into ``buf`` from state ``n_out`` (it
+        must have room for every F_LAST of ``recs`` unless sampling, where it grows) and
+        Trade indices into ``trade_idx`` from ``n_trades``. Returns ``(buffer, states,
+        trades, level log or None)``; the buffer is a new one if it had to grow."""
         base = self.records_applied if base_index is None else int(base_index)
-        n_last = int(np.count_nonzero(recs["flags"] & F_LAST)) if len(recs) else 0
-        out = BookFrames.uninitialized(n_last, self.levels)  # the kernel writes every cell
-        if self.trades and len(recs):
-            trade_idx = np.zeros(int(np.count_nonzero(recs["action"] == ord("T"))), np.int64)
-        else:
-            trade_idx = np.zeros(0, np.int64)
         if log_key is None:
             lkey = 0
             log = _NO_LOG
@@ -122,12 +174,14 @@ class NumbaEngine:
             lkey += 1
             log = np.empty((min(LOG_INIT_ROWS, 2 * len(recs) + 16), 4), np.int64)
         parts: list[np.ndarray] = []
-        i, n_out, n_tr, n_log = 0, 0, 0, 0
+        pend, last, lst = self._smp
+        i, n_tr, n_log = 0, int(n_trades), 0
         while True:
             i, status, n_out, n_tr, n_log = K.apply_records(
-                *self.state.as_tuple(), recs, i, len(recs), self.levels, out.index,
-                out.bid_px, out.bid_sz, out.bid_ct, out.ask_px, out.ask_sz, out.ask_ct,
-                out.cross, n_out, trade_idx, n_tr, base, lkey, log, n_log,
+                *self.state.as_tuple(), recs, i, len(recs), self.levels,
+                *buf.kernel_outputs(), n_out, trade_idx, n_tr, base, lkey, log, n_log,
+                buf.rs, buf.ks, *buf.fields, self.every, self.changes_only, pend, last, lst,
+                self._smp_meta, self._smp_cur,
             )
             if status == K.OK:
                 break
@@ -140,13 +194,44 @@ class NumbaEngine:
                 log = np.empty((max(2 * len(log), 2 * need), 4), np.int64)
                 n_log = 0
                 continue
+            if status == K.NEED_OUT:
+                buf = buf.grown(n_out, 2 * buf.capacity + 2 * len(lst) + 16)
+                continue
             self.state.grow(status)
-        self.records_applied += len(recs)
-        out.trades = trade_idx[:n_tr]
-        out.counters = self.counters
+            if status == K.NEED_BOOKS:
+                self._fit_sampler()
+                pend, last, lst = self._smp
+        self.records_applied = base + len(recs)
+        out_log = None
         if log_key is not None:
-            out.level_log = np.concatenate(parts + [log[:n_log]]) if parts else log[:n_log]
-        return out
+            out_log = np.concatenate(parts + [log[:n_log]]) if parts else log[:n_log].copy()
+        return buf, n_out, n_tr, out_log
+
+    @property
+    def pending(self) -> int:
+        """Grid-sampled states waiting for their bin to end (see :meth:`flush`)."""
+        return int(self._smp_meta[K.SM_NPEND])
+
+    def flush(self, buf: FrameBuffer | None = None, n_out: int = 0
+              ) -> tuple[FrameBuffer, int] | BookFrames:
+        """Emit the states still pending in the current time bin (``every``), in record
+        order. Without ``buf``: returns them as :class:`BookFrames`; with a buffer: writes
+        them from state ``n_out`` (growing it if needed) and returns ``(buffer, states)``."""
+        as_frames = buf is None
+        if buf is None:
+            buf = FrameBuffer(self.pending + 1, self.levels)
+        if n_out + self.pending > buf.capacity:
+            buf = buf.grown(n_out, n_out + self.pending + 1)
+        pend, last, lst = self._smp
+        if self.pending:
+            n_out = K.flush_pending(pend, last, lst, self._smp_meta, self.changes_only,
+                                    self.levels, *buf.kernel_outputs(), buf.rs, buf.ks,
+                                    n_out, *buf.fields)
+        if as_frames:
+            out = buf.frames(n_out)
+            out.counters = self.counters
+            return out
+        return buf, n_out
 
     # ---- queries on the current state
     def _book(self, instrument_id: int, publisher_id: int) -> int:

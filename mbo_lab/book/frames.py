@@ -14,7 +14,13 @@ import pandas as pd
 
 from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE, ns_to_datetime
 
-__all__ = ["BookFrames", "CROSS_NONE", "CROSS_LOCKED", "CROSS_CROSSED"]
+__all__ = ["BookFrames", "FrameBuffer", "CROSS_NONE", "CROSS_LOCKED", "CROSS_CROSSED",
+           "FIELD_NAMES"]
+
+#: Record fields a frame can carry itself (written by the kernel), with their dtypes.
+FIELD_NAMES = (("ts_recv", np.int64), ("ts_event", np.int64), ("instrument_id", np.uint32),
+               ("publisher_id", np.uint16), ("sequence", np.uint32))
+_NO_FIELDS = tuple(np.zeros(0, dt) for _, dt in FIELD_NAMES)
 
 CROSS_NONE = 0
 CROSS_LOCKED = 1
@@ -41,6 +47,10 @@ class BookFrames:
         Record indices of Trade records.
     counters : dict[str, int]
         Anomaly counters of the engine after the run.
+    fields : dict[str, ndarray] or None
+        The F_LAST records' ``ts_recv``, ``ts_event`` (int64 ns), ``instrument_id``,
+        ``publisher_id`` and ``sequence`` when the kernel wrote them (``mbp``/``bbo``,
+        ``iter_frames``, sampling); :meth:`to_df` then needs no source records.
     level_log : int64 (k, 4)
         Level changes of the book selected with ``NumbaEngine.apply(log_key=...)``:
         ``[record_index, side (0 bid, 1 ask), price (fixed 1e-9), new size (lots)]``;
@@ -58,6 +68,7 @@ class BookFrames:
     trades: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     counters: dict[str, int] = field(default_factory=dict)
     level_log: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+    fields: dict[str, np.ndarray] | None = None
 
     @property
     def levels(self) -> int:
@@ -105,13 +116,25 @@ class BookFrames:
         )
         out.counters = dict(parts[-1].counters)
         out.level_log = np.concatenate([p.level_log for p in parts])
+        if all(p.fields is not None for p in parts):
+            out.fields = {k: np.concatenate([p.fields[k] for p in parts]) for k, _ in
+                          FIELD_NAMES}
         return out
 
     def truncate(self, n: int) -> BookFrames:
         """The first ``n`` states (views)."""
         return BookFrames(self.index[:n], self.bid_px[:n], self.bid_sz[:n], self.bid_ct[:n],
                           self.ask_px[:n], self.ask_sz[:n], self.ask_ct[:n], self.cross[:n],
-                          self.trades, dict(self.counters), self.level_log)
+                          self.trades, dict(self.counters), self.level_log,
+                          None if self.fields is None else
+                          {k: v[:n] for k, v in self.fields.items()})
+
+    def copy(self) -> BookFrames:
+        """A deep copy (frames from a reused buffer stay valid after the next chunk)."""
+        return BookFrames(*(getattr(self, f).copy() for f in _ARRAYS), self.trades.copy(),
+                          dict(self.counters), self.level_log.copy(),
+                          None if self.fields is None else
+                          {k: v.copy() for k, v in self.fields.items()})
 
     def equals(self, other: BookFrames) -> bool:
         """True when both hold the same states (indices, levels, cross states)."""
@@ -121,45 +144,158 @@ class BookFrames:
                       "cross")
         )
 
-    def to_df(self, records: np.ndarray, symbols: dict[int, str] | None = None,
+    def to_df(self, records: np.ndarray | None = None, symbols: dict[int, str] | None = None,
               price_type: str = "float") -> pd.DataFrame:
-        """MBP-style table, one row per F_LAST record, Databento column names.
+        """MBP-style table, one row per state, Databento column names.
 
-        ``records`` are the source records the indices point into (index 0 = first).
-        Prices are float (NaN where a level is empty) or, with ``price_type="fixed"``,
-        int64 fixed-point with ``UNDEF_PRICE`` for empty levels.
+        ``records`` are the source records the indices point into (index 0 = first); not
+        needed when the frames carry their record fields (:attr:`fields`). Prices are float
+        (NaN where a level is empty) or, with ``price_type="fixed"``, int64 fixed-point with
+        ``UNDEF_PRICE`` for empty levels. Columns are views of the frames' arrays where
+        possible (no copies): do not reuse the frames' buffers while the table is in use.
+        ``symbol`` is a pandas Categorical.
         """
-        rec = records[self.index] if len(self.index) else records[:0]
-        cols: dict[str, np.ndarray] = {
-            "ts_event": ns_to_datetime(rec["ts_event"]),
-            "instrument_id": rec["instrument_id"],
-            "publisher_id": rec["publisher_id"],
-            "sequence": rec["sequence"],
+        if price_type not in ("float", "fixed"):
+            raise ValueError("price_type must be 'float' or 'fixed'")
+        if self.fields is not None:
+            f = self.fields
+        else:
+            if records is None:
+                raise ValueError("to_df needs the source records (these frames carry no "
+                                 "record fields)")
+            idx = self.index
+            f = {name: np.asarray(records[name][idx]).astype(dt, copy=False)
+                 for name, dt in FIELD_NAMES}
+            f["ts_recv"] = f["ts_recv"].view(np.int64)
+            f["ts_event"] = f["ts_event"].view(np.int64)
+        cols: dict[str, object] = {
+            "ts_event": _utc(f["ts_event"]),
+            "instrument_id": f["instrument_id"],
+            "publisher_id": f["publisher_id"],
+            "sequence": f["sequence"],
             "record_index": self.index,
         }
         if symbols is not None:
-            cols["symbol"] = np.array([symbols.get(int(i), "") for i in rec["instrument_id"]],
-                                      dtype=object)
-        sides = (("bid", self.bid_px, self.bid_sz, self.bid_ct),
-                 ("ask", self.ask_px, self.ask_sz, self.ask_ct))
+            cols["symbol"] = _symbols(f["instrument_id"], symbols)
+        sides = (("bid", _prices(self.bid_px, price_type), self.bid_sz, self.bid_ct),
+                 ("ask", _prices(self.ask_px, price_type), self.ask_sz, self.ask_ct))
         for k in range(self.levels):
             for side, px, _, _ in sides:
-                cols[f"{side}_px_{k:02d}"] = _prices(px[:, k], price_type)
+                cols[f"{side}_px_{k:02d}"] = px[:, k]
             for side, _, sz, _ in sides:
                 cols[f"{side}_sz_{k:02d}"] = sz[:, k]
             for side, _, _, ct in sides:
                 cols[f"{side}_ct_{k:02d}"] = ct[:, k]
         cols["crossed"] = self.cross == CROSS_CROSSED
         cols["locked"] = self.cross == CROSS_LOCKED
-        index = ns_to_datetime(rec["ts_recv"]).rename("ts_recv")
-        return pd.DataFrame(cols, index=index)
+        index = pd.DatetimeIndex(_utc(f["ts_recv"]), copy=False, name="ts_recv")
+        return pd.DataFrame(cols, index=index, copy=False)
+
+
+_ARRAYS = ("index", "bid_px", "bid_sz", "bid_ct", "ask_px", "ask_sz", "ask_ct", "cross")
+_UTC = pd.DatetimeTZDtype("ns", "UTC")
+
+
+def _utc(ns: np.ndarray):
+    """int64 ns since the epoch as a ``datetime64[ns, UTC]`` array, without a copy."""
+    ns = np.ascontiguousarray(ns).view(np.int64).view("M8[ns]")
+    try:
+        return pd.arrays.DatetimeArray._simple_new(ns, dtype=_UTC)
+    except (AttributeError, TypeError):  # pragma: no cover - other pandas versions
+        return pd.DatetimeIndex(ns).tz_localize("UTC").array
+
+
+def _symbols(iid: np.ndarray, symbols: dict[int, str]) -> pd.Categorical:
+    """Symbols of instrument ids as a Categorical, in one vectorised step (ids missing from
+    ``symbols`` get "")."""
+    keys = np.array(sorted(symbols), dtype=np.int64)
+    names = sorted(set(symbols.values()) | {""})
+    code_of = {name: c for c, name in enumerate(names)}
+    key_codes = np.array([code_of[symbols[int(k)]] for k in keys] + [code_of[""]],
+                         dtype=np.int32)
+    if len(keys):
+        pos = np.searchsorted(keys, iid)
+        pos[pos >= len(keys)] = len(keys)
+        hit = pos < len(keys)
+        hit[hit] = keys[pos[hit]] == iid[hit]
+        pos[~hit] = len(keys)
+    else:
+        pos = np.zeros(len(iid), np.intp)
+    codes = key_codes[pos]
+    ctype = np.int8 if len(names) < 127 else np.int16 if len(names) < 32767 else np.int32
+    return pd.Categorical.from_codes(codes.astype(ctype, copy=False), names)
 
 
 def _prices(px: np.ndarray, price_type: str) -> np.ndarray:
+    """Prices in the requested type: float frames (written by the kernel) pass through."""
     if price_type == "fixed":
+        if px.dtype.kind == "f":
+            raise ValueError("these frames hold float prices; build them with "
+                             "price_type='fixed' for fixed-point output")
         return px
-    if price_type != "float":
-        raise ValueError("price_type must be 'float' or 'fixed'")
-    out = px.astype(np.float64) / FIXED_PRICE_SCALE
+    if px.dtype.kind == "f":
+        return px
+    out = px.astype(np.float64)
+    out /= FIXED_PRICE_SCALE
     out[px == UNDEF_PRICE] = np.nan
     return out
+
+
+class FrameBuffer:
+    """Kernel output storage with room for ``capacity`` states.
+
+    ``column_major`` stores each level of each column contiguously (``(levels, cap)``,
+    what pandas columns want); otherwise rows (``(cap, levels)``). Price, size and count
+    dtypes are the kernel's output types (int64 or float64 prices; int64/uint32 sizes;
+    int32/uint32 counts). ``fields`` adds the record fields of :data:`FIELD_NAMES`.
+    """
+
+    def __init__(self, capacity: int, levels: int, *, px=np.int64, sz=np.int64, ct=np.int32,
+                 column_major: bool = False, fields: bool = False):
+        cap, L = int(capacity), int(levels)
+        self.capacity, self.levels, self.column_major = cap, L, column_major
+        self.dtypes = (np.dtype(px), np.dtype(sz), np.dtype(ct))
+        shape = (L, cap) if column_major else (cap, L)
+        self.rs, self.ks = (1, cap) if column_major else (L, 1)
+        self.index = np.empty(cap, np.int64)
+        self.store = {name: np.empty(shape, dt) for name, dt in
+                      (("bid_px", px), ("bid_sz", sz), ("bid_ct", ct), ("ask_px", px),
+                       ("ask_sz", sz), ("ask_ct", ct))}
+        self.cross = np.empty(cap, np.int8)
+        self.fields = tuple(np.empty(cap, dt) for _, dt in FIELD_NAMES) if fields else \
+            _NO_FIELDS
+
+    def flat(self, name: str) -> np.ndarray:
+        return self.store[name].reshape(-1)
+
+    def kernel_outputs(self) -> tuple:
+        """``(out_idx, bpx, bsz, bct, apx, asz, act, cross)`` flat, for the kernel."""
+        return (self.index, self.flat("bid_px"), self.flat("bid_sz"), self.flat("bid_ct"),
+                self.flat("ask_px"), self.flat("ask_sz"), self.flat("ask_ct"), self.cross)
+
+    def view(self, name: str, lo: int, hi: int) -> np.ndarray:
+        a = self.store[name]
+        return a[:, lo:hi].T if self.column_major else a[lo:hi]
+
+    def frames(self, n: int, lo: int = 0) -> BookFrames:
+        """States ``lo..n-1`` as :class:`BookFrames` (views of this buffer)."""
+        fr = BookFrames(self.index[lo:n], *(self.view(k, lo, n) for k in
+                                            ("bid_px", "bid_sz", "bid_ct", "ask_px", "ask_sz",
+                                             "ask_ct")), self.cross[lo:n])
+        if self.fields is not _NO_FIELDS:
+            fr.fields = {name: a[lo:n] for (name, _), a in zip(FIELD_NAMES, self.fields)}
+        return fr
+
+    def grown(self, n_used: int, capacity: int) -> FrameBuffer:
+        """A larger buffer holding this one's first ``n_used`` states."""
+        px, sz, ct = self.dtypes
+        new = FrameBuffer(capacity, self.levels, px=px, sz=sz, ct=ct,
+                          column_major=self.column_major, fields=self.fields is not _NO_FIELDS)
+        new.index[:n_used] = self.index[:n_used]
+        new.cross[:n_used] = self.cross[:n_used]
+        for k in new.store:
+            new.view(k, 0, n_used)[...] = self.view(k, 0, n_used)
+        if new.fields is not _NO_FIELDS:
+            for a, b in zip(new.fields, self.fields):
+                a[:n_used] = b[:n_used]
+        return new

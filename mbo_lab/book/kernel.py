@@ -52,7 +52,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ..io.records import (
     ACTION_ADD,
@@ -64,6 +64,7 @@ from ..io.records import (
     ACTION_TRADE,
     F_LAST,
     F_TOB,
+    FIXED_PRICE_SCALE,
     SIDE_ASK,
     SIDE_BID,
 )
@@ -75,6 +76,7 @@ NEED_LEVELS = 2
 NEED_SEGMENT = 3
 NEED_BOOKS = 4
 NEED_LOG = 5  # the level-change log is full: flush or grow it, then call again
+NEED_OUT = 6  # (sampling) the outputs are full: grow them, then call again
 
 # meta slots (int64 scalars of the state)
 M_NBOOKS = 0  # books in use
@@ -442,6 +444,185 @@ def _peek_call(recs, j, BH, bkmask, OH, ohmask):
 # --------------------------------------------------------------------------- outputs
 
 
+def _px_out(out, v):  # pragma: no cover - replaced by the overload below in compiled code
+    """``v`` (int64 fixed-point price) as stored in ``out``: unchanged for integer outputs;
+    for float outputs in currency units, NaN for ``UNDEF``."""
+    if out.dtype.kind == "f":
+        return np.nan if v == UNDEF else v / FIXED_PRICE_SCALE
+    return v
+
+
+@overload(_px_out, jit_options=dict(_JIT))
+def _px_out_impl(out, v):
+    if isinstance(out.dtype, types.Float):
+        def conv(out, v):
+            if v == UNDEF:
+                return np.nan
+            return np.float64(v) / np.float64(FIXED_PRICE_SCALE)
+        return conv
+
+    def same(out, v):
+        return v
+    return same
+
+
+# sampler rows (int64): record index, ts_recv, ts_event, instrument, publisher, sequence,
+# bin start (ns), cross state, then bid px/sz/ct and ask px/sz/ct (nlev each)
+SP_IDX, SP_TSR, SP_TSE, SP_IID, SP_PUB, SP_SEQ, SP_BIN, SP_CROSS = range(8)
+SP_HEAD = 8
+# sampler meta: pending books, current bin start, current bin end, bin set (0/1)
+SM_NPEND, SM_BIN0, SM_BIN1, SM_SET = range(4)
+
+
+@njit(**_JIT)
+def state_row(SG, P, LV, b, nlev, cur):
+    """Top ``nlev`` levels (int64) and cross state of book ``b`` into sampler row ``cur``."""
+    nb = 0
+    na = 0
+    top_b = 0
+    top_a = 0
+    if b >= 0:
+        nb = SG[6 * b + S_LEN]
+        top_b = SG[6 * b + S_START] + nb - 1
+        na = SG[6 * b + 3 + S_LEN]
+        top_a = SG[6 * b + 3 + S_START] + na - 1
+    for k in range(nlev):
+        if k < nb:
+            lb = P[2 * (top_b - k) + 1] * N_LCOLS
+            cur[SP_HEAD + k] = LV[lb + L_PX]
+            cur[SP_HEAD + nlev + k] = LV[lb + L_SZ]
+            cur[SP_HEAD + 2 * nlev + k] = LV[lb + L_CT]
+        else:
+            cur[SP_HEAD + k] = UNDEF
+            cur[SP_HEAD + nlev + k] = 0
+            cur[SP_HEAD + 2 * nlev + k] = 0
+        if k < na:
+            lb = P[2 * (top_a - k) + 1] * N_LCOLS
+            cur[SP_HEAD + 3 * nlev + k] = LV[lb + L_PX]
+            cur[SP_HEAD + 4 * nlev + k] = LV[lb + L_SZ]
+            cur[SP_HEAD + 5 * nlev + k] = LV[lb + L_CT]
+        else:
+            cur[SP_HEAD + 3 * nlev + k] = UNDEF
+            cur[SP_HEAD + 4 * nlev + k] = 0
+            cur[SP_HEAD + 5 * nlev + k] = 0
+    cross = 0
+    if nb > 0 and na > 0:
+        bp = LV[P[2 * top_b + 1] * N_LCOLS + L_PX]
+        ap = LV[P[2 * top_a + 1] * N_LCOLS + L_PX]
+        if bp > ap:
+            cross = 2
+        elif bp == ap:
+            cross = 1
+    cur[SP_CROSS] = cross
+
+
+@njit(**_JIT)
+def _emit(src, b, smp_last, changes_only, nlev, out_idx, OBP, OBS, OBC, OAP, OAS, OAC,
+          out_cross, rs, ks, n_out, out_tsr, out_tse, out_iid, out_pub, out_seq):
+    """Write sampler row ``src`` of book ``b`` as output state ``n_out`` unless
+    ``changes_only`` and its top levels and cross state equal the book's last kept state.
+    Returns the new output count."""
+    w = SP_HEAD + 6 * nlev
+    if changes_only:
+        if smp_last[b, SP_IDX] >= 0:
+            same = True
+            for c in range(SP_CROSS, w):
+                if smp_last[b, c] != src[c]:
+                    same = False
+                    break
+            if same:
+                return n_out
+        for c in range(w):
+            smp_last[b, c] = src[c]
+    out_idx[n_out] = src[SP_IDX]
+    if out_tsr.shape[0] > 0:
+        out_tsr[n_out] = src[SP_TSR]
+        out_tse[n_out] = src[SP_TSE]
+        out_iid[n_out] = src[SP_IID]
+        out_pub[n_out] = src[SP_PUB]
+        out_seq[n_out] = src[SP_SEQ]
+    for k in range(nlev):
+        q = n_out * rs + k * ks
+        OBP[q] = _px_out(OBP, src[SP_HEAD + k])
+        OBS[q] = src[SP_HEAD + nlev + k]
+        OBC[q] = src[SP_HEAD + 2 * nlev + k]
+        OAP[q] = _px_out(OAP, src[SP_HEAD + 3 * nlev + k])
+        OAS[q] = src[SP_HEAD + 4 * nlev + k]
+        OAC[q] = src[SP_HEAD + 5 * nlev + k]
+    out_cross[n_out] = src[SP_CROSS]
+    return n_out + 1
+
+
+@njit(**_JIT)
+def flush_pending(smp_pend, smp_last, smp_list, smp_meta, changes_only, nlev, out_idx, OBP,
+                  OBS, OBC, OAP, OAS, OAC, out_cross, rs, ks, n_out, out_tsr, out_tse,
+                  out_iid, out_pub, out_seq):
+    """Emit every pending (grid-sampled) state in record order; returns the output count.
+    The outputs must have room for ``smp_meta[SM_NPEND]`` more states."""
+    n = smp_meta[SM_NPEND]
+    # insertion sort of the pending books by their state's record index (few books)
+    for x in range(1, n):
+        v = smp_list[x]
+        y = x - 1
+        while y >= 0 and smp_pend[smp_list[y], SP_IDX] > smp_pend[v, SP_IDX]:
+            smp_list[y + 1] = smp_list[y]
+            y -= 1
+        smp_list[y + 1] = v
+    for x in range(n):
+        b = smp_list[x]
+        n_out = _emit(smp_pend[b], b, smp_last, changes_only, nlev, out_idx, OBP, OBS, OBC,
+                      OAP, OAS, OAC, out_cross, rs, ks, n_out, out_tsr, out_tse, out_iid,
+                      out_pub, out_seq)
+        smp_pend[b, SP_IDX] = -1
+    smp_meta[SM_NPEND] = 0
+    return n_out
+
+
+@njit(**_JIT)
+def _publish_sampled(smp_pend, smp_last, smp_list, smp_meta, b, cur, every, changes_only,
+                     nlev, out_idx, OBP, OBS, OBC, OAP, OAS, OAC, out_cross, rs, ks, n_out,
+                     out_tsr, out_tse, out_iid, out_pub, out_seq):
+    """Sample the state ``cur`` of book ``b``.
+
+    ``every > 0``: bins are ``[k * every, (k + 1) * every)`` of ts_recv (ns). Each book's
+    latest state in the current bin waits in its pending row; when a record's ts_recv
+    reaches the next bin, all pending states are emitted in record order (the last state of
+    each book in each bin). If ts_recv goes back to an earlier bin, a book's pending state
+    from another bin is emitted before the new one is kept.
+    ``changes_only``: a state is emitted only when it differs from the book's last emitted
+    state (top ``nlev`` prices, sizes, counts and cross state).
+    """
+    if every <= 0:
+        return _emit(cur, b, smp_last, changes_only, nlev, out_idx, OBP, OBS, OBC, OAP, OAS,
+                     OAC, out_cross, rs, ks, n_out, out_tsr, out_tse, out_iid, out_pub,
+                     out_seq)
+    ts = cur[SP_TSR]
+    if smp_meta[SM_SET] == 0 or ts >= smp_meta[SM_BIN1] or ts < smp_meta[SM_BIN0]:
+        if smp_meta[SM_SET] != 0 and ts >= smp_meta[SM_BIN1]:
+            n_out = flush_pending(smp_pend, smp_last, smp_list, smp_meta, changes_only, nlev,
+                                  out_idx, OBP, OBS, OBC, OAP, OAS, OAC, out_cross, rs, ks,
+                                  n_out, out_tsr, out_tse, out_iid, out_pub, out_seq)
+        g = ts // every
+        if ts < 0 and g * every != ts:
+            g -= 1
+        smp_meta[SM_BIN0] = g * every
+        smp_meta[SM_BIN1] = g * every + every
+        smp_meta[SM_SET] = 1
+    cur[SP_BIN] = smp_meta[SM_BIN0]
+    w = SP_HEAD + 6 * nlev
+    if smp_pend[b, SP_IDX] >= 0:
+        if smp_pend[b, SP_BIN] != cur[SP_BIN]:
+            n_out = _emit(smp_pend[b], b, smp_last, changes_only, nlev, out_idx, OBP, OBS,
+                          OBC, OAP, OAS, OAC, out_cross, rs, ks, n_out, out_tsr, out_tse,
+                          out_iid, out_pub, out_seq)
+    else:
+        smp_list[smp_meta[SM_NPEND]] = b
+        smp_meta[SM_NPEND] += 1
+    for c in range(w):
+        smp_pend[b, c] = cur[c]
+    return n_out
+
+
 @njit(**_JIT)
 def write_levels(seg, pool, lvl, b, nlev, row, out_bpx, out_bsz, out_bct, out_apx, out_asz,
                  out_act):
@@ -517,13 +698,28 @@ _OP_MOVE = 3  # order o goes to the back of (s, price) with size sz and time ts
 def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, ords, ord_free,
                   oh, recs, start, stop, nlev, out_idx, out_bpx, out_bsz, out_bct, out_apx,
                   out_asz, out_act, out_cross, n_out, trade_idx, n_trades, base_index,
-                  log_key, level_log, n_log):
+                  log_key, level_log, n_log, rs, ks, out_tsr, out_tse, out_iid, out_pub,
+                  out_seq, every, changes_only, smp_pend, smp_last, smp_list, smp_meta,
+                  smp_cur):
     """Apply ``recs[start:stop]`` (``MBO_KERNEL_DTYPE``) to the state arrays.
 
     At every record with F_LAST, row ``n_out`` of the outputs gets the record's index
     (``base_index + i``), the top ``nlev`` levels of the record's book (prices int64
     fixed-point, ``UNDEF`` when empty; sizes in lots; order counts) and its cross state.
     Trade records' indices go to ``trade_idx`` (pass a 0-length array to skip).
+
+    Output layout: state ``n`` level ``k`` is element ``n * rs + k * ks`` of the flat
+    level outputs (``rs = nlev, ks = 1``: row-major; ``rs = 1, ks = capacity``: one
+    contiguous column per level). Prices are written as int64 fixed-point or, into float64
+    outputs, as float (NaN when empty); sizes and counts in the outputs' integer types (the
+    caller picks types that hold them exactly). With non-empty ``out_tsr``, the record's
+    ``ts_recv``, ``ts_event``, ``instrument_id``, ``publisher_id`` and ``sequence`` go to
+    ``out_tsr/out_tse/out_iid/out_pub/out_seq``.
+
+    Sampling (``every > 0`` ns and/or ``changes_only``): see :func:`_publish_sampled`; the
+    ``smp_*`` arrays are the sampler's state (``smp_pend/smp_last (books, 8 + 6 nlev)``,
+    ``smp_list (books,)``, ``smp_meta (4,)``, ``smp_cur (8 + 6 nlev,)``). Room for the
+    states a record can emit is checked before the record (``NEED_OUT``).
 
     Level-change log: for the book with ``log_key = (instrument_id << 16 | publisher_id)
     + 1`` (0: no log), every change of an aggregated level's size is written from row
@@ -537,6 +733,9 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
     """
     LG = level_log.reshape(level_log.size)
     log_cap = level_log.shape[0]
+    want_fields = out_tsr.shape[0] > 0
+    sampled = every > 0 or changes_only
+    out_cap = out_idx.shape[0]
     # flat views (the row widths are the layout's constants)
     BH = bk_hash.reshape(bk_hash.size)
     SG = seg.reshape(seg.size)
@@ -589,6 +788,24 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
             # ---- the record's book (-1: not created yet)
             b = _book_probe(BH, key, bkmask)
             hhome = _ohash(np.int64(r.order_id), b, ohmask)
+        if sampled and (flags & F_LAST) != 0:
+            # room for the states this record can emit; its book must exist to be sampled
+            if n_out + smp_meta[0] + 1 > out_cap:
+                status = NEED_OUT
+                next_rec = i
+                break
+            if b < 0:
+                if meta[M_NBOOKS] >= bk_info.shape[0]:
+                    status = NEED_BOOKS
+                    next_rec = i
+                    break
+                if meta[M_SEG_USED] + 2 * SEG_INIT_CAP > pool.shape[0]:
+                    meta[M_SEG_FULL] = -1
+                    status = NEED_SEGMENT
+                    next_rec = i
+                    break
+                b = _book_create(meta, bk_hash, bk_info, seg, key)
+                hhome = _ohash(np.int64(r.order_id), b, ohmask)
         if act == ACTION_TRADE or act == ACTION_FILL or act == ACTION_NONE:
             if act == ACTION_TRADE and want_trades:
                 trade_idx[np.uint64(n_trades)] = base_index + i
@@ -835,8 +1052,30 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
         else:
             counters[C_BAD_ACTION] += 1
         if flags & F_LAST:
+            if sampled:
+                # ---- sampling: the state goes to the book's pending row (grid) or is
+                # compared with the book's last kept state (changes only)
+                cur = smp_cur
+                cur[0] = base_index + i
+                cur[1] = np.int64(r.ts_recv)
+                cur[2] = np.int64(r.ts_event)
+                cur[3] = np.int64(r.instrument_id)
+                cur[4] = np.int64(r.publisher_id)
+                cur[5] = np.int64(r.sequence)
+                state_row(SG, P, LV, b, nlev, cur)
+                n_out = _publish_sampled(smp_pend, smp_last, smp_list, smp_meta, b, cur,
+                                         every, changes_only, nlev, out_idx, OBP, OBS, OBC,
+                                         OAP, OAS, OAC, out_cross, rs, ks, n_out, out_tsr,
+                                         out_tse, out_iid, out_pub, out_seq)
+                continue
             # ---- publish the record's book: top nlev levels and cross state
             out_idx[np.uint64(n_out)] = base_index + i
+            if want_fields:
+                out_tsr[np.uint64(n_out)] = np.int64(r.ts_recv)
+                out_tse[np.uint64(n_out)] = np.int64(r.ts_event)
+                out_iid[np.uint64(n_out)] = r.instrument_id
+                out_pub[np.uint64(n_out)] = r.publisher_id
+                out_seq[np.uint64(n_out)] = r.sequence
             nb = 0
             na = 0
             top_b = 0
@@ -847,50 +1086,51 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                 top_b = SG[np.uint64(sb + S_START)] + nb - 1
                 na = SG[np.uint64(sb + 3 + S_LEN)]
                 top_a = SG[np.uint64(sb + 3 + S_START)] + na - 1
-            row = n_out * nlev
+            row = n_out * rs
             bp = UNDEF
             ap = UNDEF
             if nb > 0:
                 lb = P[np.uint64(2 * top_b + 1)] * N_LCOLS
                 bp = LV[np.uint64(lb + L_PX)]
                 if nlev > 0:
-                    OBP[np.uint64(row)] = bp
+                    OBP[np.uint64(row)] = _px_out(OBP, bp)
                     OBS[np.uint64(row)] = LV[np.uint64(lb + L_SZ)]
                     OBC[np.uint64(row)] = LV[np.uint64(lb + L_CT)]
             elif nlev > 0:
-                OBP[np.uint64(row)] = UNDEF
+                OBP[np.uint64(row)] = _px_out(OBP, UNDEF)
                 OBS[np.uint64(row)] = 0
                 OBC[np.uint64(row)] = 0
             if na > 0:
                 lb = P[np.uint64(2 * top_a + 1)] * N_LCOLS
                 ap = LV[np.uint64(lb + L_PX)]
                 if nlev > 0:
-                    OAP[np.uint64(row)] = ap
+                    OAP[np.uint64(row)] = _px_out(OAP, ap)
                     OAS[np.uint64(row)] = LV[np.uint64(lb + L_SZ)]
                     OAC[np.uint64(row)] = LV[np.uint64(lb + L_CT)]
             elif nlev > 0:
-                OAP[np.uint64(row)] = UNDEF
+                OAP[np.uint64(row)] = _px_out(OAP, UNDEF)
                 OAS[np.uint64(row)] = 0
                 OAC[np.uint64(row)] = 0
             for k in range(1, nlev):
+                q = np.uint64(row + k * ks)
                 if k < nb:
                     lb = P[np.uint64(2 * (top_b - k) + 1)] * N_LCOLS
-                    OBP[np.uint64(row + k)] = LV[np.uint64(lb + L_PX)]
-                    OBS[np.uint64(row + k)] = LV[np.uint64(lb + L_SZ)]
-                    OBC[np.uint64(row + k)] = LV[np.uint64(lb + L_CT)]
+                    OBP[q] = _px_out(OBP, LV[np.uint64(lb + L_PX)])
+                    OBS[q] = LV[np.uint64(lb + L_SZ)]
+                    OBC[q] = LV[np.uint64(lb + L_CT)]
                 else:
-                    OBP[np.uint64(row + k)] = UNDEF
-                    OBS[np.uint64(row + k)] = 0
-                    OBC[np.uint64(row + k)] = 0
+                    OBP[q] = _px_out(OBP, UNDEF)
+                    OBS[q] = 0
+                    OBC[q] = 0
                 if k < na:
                     lb = P[np.uint64(2 * (top_a - k) + 1)] * N_LCOLS
-                    OAP[np.uint64(row + k)] = LV[np.uint64(lb + L_PX)]
-                    OAS[np.uint64(row + k)] = LV[np.uint64(lb + L_SZ)]
-                    OAC[np.uint64(row + k)] = LV[np.uint64(lb + L_CT)]
+                    OAP[q] = _px_out(OAP, LV[np.uint64(lb + L_PX)])
+                    OAS[q] = LV[np.uint64(lb + L_SZ)]
+                    OAC[q] = LV[np.uint64(lb + L_CT)]
                 else:
-                    OAP[np.uint64(row + k)] = UNDEF
-                    OAS[np.uint64(row + k)] = 0
-                    OAC[np.uint64(row + k)] = 0
+                    OAP[q] = _px_out(OAP, UNDEF)
+                    OAS[q] = 0
+                    OAC[q] = 0
             cross = 0
             if nb > 0 and na > 0:
                 if bp > ap:
@@ -916,6 +1156,35 @@ def count_outputs(recs):
         n_last += np.int64((r.flags & F_LAST) != 0)
         n_trades += np.int64(r.action == ACTION_TRADE)
     return n_last, n_trades
+
+
+@njit(**_JIT)
+def scan_counts(recs):
+    """``(records with F_LAST, Trade records, sum of Add/Modify sizes)`` of ``recs`` in one
+    pass. The size sum bounds every level size a fresh book can reach from these records
+    (a level holds live orders, each sized by one Add or Modify)."""
+    n_last = 0
+    n_trades = 0
+    total = np.int64(0)
+    for i in range(recs.shape[0]):
+        r = recs[np.uint64(i)]
+        n_last += np.int64((r.flags & F_LAST) != 0)
+        a = r.action
+        n_trades += np.int64(a == ACTION_TRADE)
+        if a == ACTION_ADD or a == ACTION_MODIFY:
+            total += np.int64(r.size)
+    return n_last, n_trades, total
+
+
+@njit(**_JIT)
+def total_level_size(meta, seg, pool, lvl):
+    """Sum of the sizes of every level of every book (lots)."""
+    total = np.int64(0)
+    for s in range(2 * meta[M_NBOOKS]):
+        st = seg[s, S_START]
+        for p in range(seg[s, S_LEN]):
+            total += lvl[pool[st + p, 1], L_SZ]
+    return total
 
 
 # --------------------------------------------------------------------------- queries

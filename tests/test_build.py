@@ -1,0 +1,259 @@
+"""``mbp``/``bbo``/``replay_frames``/``iter_frames``: equal to the reference book, sampled
+in the kernel exactly as the reference states sampled by pandas, outputs without copies.
+
+The oracle for every option is the reference book (``ReferenceEngine``) plus a plain
+pandas selection written here: grid sampling = the last reference state of each
+(book, ts_recv bin); change-only = the reference states whose published top-N differs
+from the previous kept state of the same book.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import build_records, rec
+
+import mbo_lab
+from mbo_lab.book.build import every_ns, iter_frames, replay_frames
+from mbo_lab.book.engine import NumbaEngine, ReferenceEngine
+from mbo_lab.book.frames import BookFrames
+from mbo_lab.errors import EngineError
+from mbo_lab.io.dbn import write_dbn
+from mbo_lab.io.records import F_LAST
+
+LEVEL_FIELDS = ("bid_px", "bid_sz", "bid_ct", "ask_px", "ask_sz", "ask_ct", "cross")
+
+
+@pytest.fixture(scope="module")
+def small_synth() -> np.ndarray:
+    """30k synthetic records (5 books, clears, a top-of-book publisher), ~2 min of time."""
+    return mbo_lab.synth_records(30_000, seed=7, clear_snapshot_every=8_000,
+                                 tob_publisher=True)
+
+
+def reference_frames(records: np.ndarray, levels: int) -> BookFrames:
+    return ReferenceEngine(levels=levels).apply(records)
+
+
+def state_table(fr: BookFrames, records: np.ndarray) -> pd.DataFrame:
+    """One row per state: book key, ts_recv, record index and the published state."""
+    r = records[fr.index]
+    out = pd.DataFrame({
+        "book": (r["instrument_id"].astype(np.int64) << 16) | r["publisher_id"],
+        "ts": r["ts_recv"].astype(np.int64),
+        "index": fr.index,
+    })
+    out["state"] = [b"".join(np.ascontiguousarray(getattr(fr, f)[i]).astype(np.int64)
+                             .tobytes() for f in LEVEL_FIELDS) for i in range(len(fr))]
+    return out
+
+
+def oracle_rows(fr: BookFrames, records: np.ndarray, every: int | None,
+                changes_only: bool) -> np.ndarray:
+    """Rows of the reference frames that sampling must keep, in record order."""
+    t = state_table(fr, records)
+    if every:
+        t = t.assign(bin=np.floor_divide(t["ts"], every))
+        t = t.groupby(["book", "bin"], sort=False).tail(1).sort_values("index")
+    if changes_only:
+        prev = t.groupby("book", sort=False)["state"].shift()
+        t = t[t["state"] != prev]
+    return t.index.to_numpy()
+
+
+def assert_same_states(got: BookFrames, want: BookFrames, rows: np.ndarray) -> None:
+    assert got.index.tolist() == want.index[rows].tolist()
+    for f in LEVEL_FIELDS:
+        a = np.asarray(getattr(got, f))
+        b = np.asarray(getattr(want, f))[rows]
+        assert np.array_equal(a.astype(np.int64), b.astype(np.int64)), f
+
+
+def assert_df_equals_reference(df: pd.DataFrame, ref: pd.DataFrame) -> None:
+    assert list(df.columns) == list(ref.columns)
+    assert (df.index == ref.index).all()
+    for c in df.columns:
+        a, b = df[c].to_numpy(), ref[c].to_numpy()
+        if c == "symbol":
+            a, b = a.astype(str), b.astype(str)
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), c
+
+
+# --------------------------------------------------------------------------- every F_LAST
+
+
+def test_mbp_equals_reference_clx5(clx5):
+    df = mbo_lab.mbp(clx5, levels=10)
+    ref = mbo_lab.mbp(clx5, levels=10, engine="reference")
+    assert_df_equals_reference(df, ref)
+    assert len(df) == int(np.count_nonzero(clx5.records["flags"] & F_LAST))
+    # Databento's MBP-10 types: uint32 sizes and counts, categorical symbol
+    assert df["bid_sz_00"].dtype == np.uint32 and df["ask_ct_09"].dtype == np.uint32
+    assert isinstance(df["symbol"].dtype, pd.CategoricalDtype)
+    assert set(df["symbol"].astype(str)) == set(clx5.symbols.values())
+    assert df.attrs["counters"] == ref.attrs["counters"]
+
+
+@pytest.mark.parametrize("chunk", [997, 1 << 20])
+def test_mbp_bbo_equal_reference_synth(small_synth, chunk):
+    for price_type in ("float", "fixed"):
+        df = mbo_lab.mbp(small_synth, levels=4, chunk_records=chunk, price_type=price_type)
+        ref = mbo_lab.mbp(small_synth, levels=4, engine="reference", price_type=price_type)
+        assert_df_equals_reference(df, ref)
+    assert_df_equals_reference(mbo_lab.bbo(small_synth, chunk_records=chunk),
+                               mbo_lab.bbo(small_synth, engine="reference"))
+
+
+def test_replay_frames_keeps_int64_defaults(small_synth):
+    """Analytics and other callers get the documented frame types unless they ask."""
+    fr, _ = replay_frames(small_synth, 3)
+    assert fr.bid_px.dtype == np.int64 and fr.bid_sz.dtype == np.int64
+    assert fr.bid_ct.dtype == np.int32
+    want = reference_frames(small_synth, 3)
+    assert fr.equals(want) and np.array_equal(fr.trades, want.trades)
+    assert fr.fields["ts_recv"].tolist() == \
+        small_synth["ts_recv"][fr.index].astype(np.int64).tolist()
+
+
+def test_sizes_widen_when_uint32_is_not_exact():
+    """Two orders of 2**32 - 1 lots at one price: the level needs int64."""
+    big = 2**32 - 1
+    recs = build_records([rec("A", "B", 100, big, 1), rec("A", "B", 100, big, 2),
+                          rec("A", "A", 101, 5, 3)])
+    df = mbo_lab.bbo(recs)
+    assert df["bid_sz_00"].dtype == np.int64
+    assert df["bid_sz_00"].tolist() == [big, 2 * big, 2 * big]
+    assert_df_equals_reference(df, mbo_lab.bbo(recs, engine="reference"))
+
+
+def test_to_df_shares_memory_and_symbols():
+    recs = build_records([rec("A", "B", 100, 5, 1, iid=7), rec("A", "A", 101, 5, 2, iid=8),
+                          rec("A", "A", 102, 5, 3, iid=9)])
+    fr, data = replay_frames(recs, 2, price_type="float", compact=True)
+    df = fr.to_df(None, {7: "AAA", 8: "BBB"})
+    assert np.shares_memory(df["bid_px_00"].to_numpy(), fr.bid_px)
+    assert np.shares_memory(df["ask_sz_01"].to_numpy(), fr.ask_sz)
+    assert np.shares_memory(df["sequence"].to_numpy(), fr.fields["sequence"])
+    assert df["symbol"].astype(str).tolist() == ["AAA", "BBB", ""]
+    # frames without record fields gather them from the records
+    plain = NumbaEngine(2).apply(recs)
+    assert plain.fields is None
+    d2 = plain.to_df(recs, {7: "AAA"})
+    assert d2["symbol"].astype(str).tolist() == ["AAA", "", ""]
+    assert (d2.index == df.index).all()
+    with pytest.raises(ValueError, match="records"):
+        plain.to_df()
+
+
+def test_passes_check_the_file_first(small_synth, monkeypatch):
+    data = mbo_lab.MboData(small_synth)
+
+    class Changed(mbo_lab.DataError):
+        pass
+
+    def boom():
+        raise Changed("file changed")
+
+    monkeypatch.setattr(data, "check_unchanged", boom, raising=False)
+    with pytest.raises(Changed):
+        mbo_lab.bbo(data)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("every", [12_345, 1_000_000, 100_000_000, 1_000_000_000])
+@pytest.mark.parametrize("changes_only", [False, True])
+def test_grid_sampling_equals_reference_last_state_per_bin(small_synth, every,
+                                                           changes_only):
+    want = reference_frames(small_synth, 3)
+    rows = oracle_rows(want, small_synth, every, changes_only)
+    assert 0 < len(rows) < len(want)
+    for chunk in (1 << 20, 1_009):
+        got, _ = replay_frames(small_synth, 3, every=every, changes_only=changes_only,
+                               chunk_records=chunk)
+        assert_same_states(got, want, rows)
+    ref, _ = replay_frames(small_synth, 3, engine="reference", every=every,
+                           changes_only=changes_only)
+    assert_same_states(ref, want, rows)
+
+
+def test_changes_only_equals_deduplicated_reference(small_synth, clx5):
+    for recs, levels in ((small_synth, 2), (small_synth, 10), (clx5.records, 1),
+                         (clx5.records, 5)):
+        want = reference_frames(recs, levels)
+        rows = oracle_rows(want, recs, None, True)
+        assert 0 < len(rows) < len(want)
+        got, _ = replay_frames(recs, levels, changes_only=True, chunk_records=4_001)
+        assert_same_states(got, want, rows)
+
+
+def test_sampling_hand_written_books_and_bins():
+    """Two books interleaved, bins of 10 us (records are 1 us apart)."""
+    rows = []
+    for k in range(60):
+        iid = 1 + (k % 3 == 0)
+        rows.append(rec("A", "B" if k % 2 else "A", 100 + k % 4, 1 + k % 3, k, iid=iid))
+        if k % 7 == 0:
+            rows.append(rec("T", "B", 100, 1, 0, iid=3))  # F_LAST of a book without orders
+    recs = build_records(rows)
+    want = reference_frames(recs, 2)
+    for every in (1, 10_000, 7_000, 10**12):
+        for co in (False, True):
+            got = mbo_lab.mbp(recs, 2, every=every, changes_only=co, price_type="fixed")
+            r = oracle_rows(want, recs, every, co)
+            assert got["record_index"].tolist() == want.index[r].tolist()
+            assert got["bid_px_01"].tolist() == want.bid_px[r, 1].tolist()
+
+
+def test_mbp_every_string_and_dataframe(small_synth):
+    df = mbo_lab.mbp(small_synth, levels=2, every="100ms")
+    want = reference_frames(small_synth, 2)
+    rows = oracle_rows(want, small_synth, 100_000_000, False)
+    assert df["record_index"].tolist() == want.index[rows].tolist()
+    assert df.index.is_monotonic_increasing
+    bb = mbo_lab.bbo(small_synth, every=pd.Timedelta("100ms"))
+    w1 = reference_frames(small_synth, 1)
+    assert bb["record_index"].tolist() == w1.index[oracle_rows(w1, small_synth, 10**8,
+                                                               False)].tolist()
+
+
+def test_every_parsing():
+    assert every_ns("100ms") == 100_000_000
+    assert every_ns("1s") == every_ns(pd.Timedelta(seconds=1)) == 10**9
+    assert every_ns(5) == 5 and every_ns(None) is None
+    for bad in ("soon", 0, -5, "0s", 1.5):
+        with pytest.raises(EngineError):
+            every_ns(bad)
+    with pytest.raises(EngineError):
+        NumbaEngine(2, every=0)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def test_iter_frames_streams_samples_and_reuses(small_synth, tmp_path):
+    path = tmp_path / "s.dbn"
+    write_dbn(path, small_synth)
+    want = reference_frames(small_synth, 3)
+    parts = [fr for _, fr in iter_frames(path, 3, chunk_records=2_500, reuse=False)]
+    assert BookFrames.concat(parts, 3).equals(want)
+    # reused buffers: consume each chunk before the next
+    got_idx, got_px, bufs = [], [], set()
+    for chunk, fr in iter_frames(path, 3, chunk_records=2_500):
+        assert len(fr) == 0 or fr.index[0] >= chunk.first_index
+        got_idx += fr.index.tolist()
+        got_px.append(np.array(fr.bid_px))
+        bufs.add(fr.index.__array_interface__["data"][0] if len(fr) else None)
+    assert got_idx == want.index.tolist()
+    assert np.array_equal(np.concatenate(got_px), want.bid_px)
+    assert len(bufs - {None}) <= 2  # one buffer (plus at most one regrowth)
+    # sampled across chunk boundaries, with the pending states after the last chunk
+    for every, co in ((50_000_000, False), (10**9, True), (None, True)):
+        parts = [fr.copy() for _, fr in iter_frames(path, 3, chunk_records=2_500,
+                                                    every=every, changes_only=co)]
+        got = BookFrames.concat(parts, 3)
+        assert_same_states(got, want, oracle_rows(want, small_synth, every, co))
+        df = got.to_df(None, {})
+        assert df["record_index"].tolist() == got.index.tolist()
