@@ -165,6 +165,14 @@ def _f64(values: Any) -> np.ndarray:
     return np.array(values, dtype=np.float64, copy=True, order="C")
 
 
+def _nice(value: float) -> float:
+    """A round number >= value (1, 2, 5 x 10^k), at least 1."""
+    if not math.isfinite(value) or value <= 1:
+        return 1.0
+    k = 10 ** math.floor(math.log10(value))
+    return float(next(m * k for m in (1, 2, 5, 10) if m * k >= value))
+
+
 def _decimals(tick: float) -> int:
     if not (tick and math.isfinite(tick)) or tick <= 0:
         return 2
@@ -322,12 +330,12 @@ class LiquidityMap(W.VBox):
             x=_f64([0, 1]), y=_f64([[0, 0], [0, 0]]), orientation="horizontal",
             type="stacked", colors=[BID, ASK], padding=0.0, opacities=[0.8, 0.8],
             scales={"x": self.y_scale, "y": self.vol_scale})
-        self.vol_axis = bq.Axis(scale=self.vol_scale, label="volume", num_ticks=2,
+        self.vol_axis = bq.Axis(scale=self.vol_scale, label="traded", tick_values=_f64([0, 1]),
                                 tick_format="~s", grid_lines="none", label_offset="32px")
         self.profile = bq.Figure(
             marks=[self.profile_bars], axes=[self.vol_axis], animation_duration=0,
             fig_margin={"top": margin["top"], "bottom": margin["bottom"], "left": 4,
-                        "right": 10},
+                        "right": 18},
             background_style={"fill": "transparent"},
             layout=W.Layout(width="120px", min_width="120px",
                             height=f"{self.height_px + 52}px", flex="0 0 120px"))
@@ -345,7 +353,7 @@ class LiquidityMap(W.VBox):
                                               "drag a box to zoom into it",
                                               "click a time to seek the replay there "
                                               "(the ladder and all views follow)"],
-                                    style={"button_width": "78px"})
+                                    style={"button_width": "92px"})
         self.mode.add_class("mbo-map-mode")
         self.zoom_in_button = button("+", "zoom in (time and price, x2)", "mbo-map-zoom-in")
         self.zoom_out_button = button("\u2212", "zoom out (x2)", "mbo-map-zoom-out")
@@ -360,7 +368,7 @@ class LiquidityMap(W.VBox):
         self.zone_select.add_class("mbo-map-zone")
         self.scale_toggle = W.ToggleButtons(options=["log", "linear"],
                                             value="log" if self.log_scale else "linear",
-                                            style={"button_width": "52px"})
+                                            style={"button_width": "64px"})
         self.scale_toggle.add_class("mbo-map-scale")
         self.measure_select = W.Dropdown(
             options=[("mean size", "twa"), ("max size", "max")], value=self.measure,
@@ -675,9 +683,11 @@ class LiquidityMap(W.VBox):
         if len(buy) != len(yc):  # a degenerate grid: nothing to profile
             buy = sell = np.zeros(len(yc))
         y = np.vstack([_f64(buy), _f64(sell)])
-        top = float((buy + sell).max()) if len(buy) else 0.0
-        with self.vol_scale.hold_sync():
-            self.vol_scale.min, self.vol_scale.max = 0.0, max(1.0, top * 1.05)
+        top = _nice(float((buy + sell).max()) if len(buy) else 0.0)
+        if self.vol_scale.max != top:
+            with self.vol_scale.hold_sync():
+                self.vol_scale.min, self.vol_scale.max = 0.0, top
+            self.vol_axis.tick_values = _f64([0.0, top])
         with self.profile_bars.hold_sync():
             self.profile_bars.x, self.profile_bars.y = _f64(yc), y
         self.volume_profile = pd.DataFrame({"buy": buy, "sell": sell}, index=yc)
