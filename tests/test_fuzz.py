@@ -104,7 +104,7 @@ def mutate_plain(raw: bytes, rng) -> tuple[str, bytes]:
     if kind == "record_header":
         return kind, _set(raw, base + int(rng.integers(0, 2)), bytes([int(rng.integers(0, 256))]))
     # record_field: action/side to any byte (non-ASCII included), or other fields
-    pos = base + int(rng.choice([38, 39, 2, 4, 16, 24, 32, 36]))
+    pos = base + int(rng.choice([38, 39, 2, 4, 8, 15, 16, 24, 31, 32, 36, 40, 47, 52]))
     return kind, _set(raw, pos, bytes([int(rng.integers(0, 256))]))
 
 

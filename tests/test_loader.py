@@ -142,6 +142,11 @@ def test_between_time_slicing(clx5):
     assert len(clx5.between(hi, lo)) == 0
     sub = clx5[2000:9000].between(lo, hi)  # a slice of a slice keeps file indices
     assert sub.first_index == max(2000, int(want[0]))
+    from mbo_lab.errors import ArgumentError
+
+    for bad in ("not a date", object(), "NaT"):
+        with pytest.raises(ArgumentError, match="not a time"):
+            clx5.between(bad)
 
 
 def test_to_df(clx5):

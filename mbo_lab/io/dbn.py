@@ -125,7 +125,7 @@ class DbnMetadata:
         for raw, intervals in self.mappings.items():
             for iv in intervals:
                 sym = str(iv.get("symbol", ""))
-                if sym.isdigit():
+                if sym.isascii() and sym.isdigit():
                     out[int(sym)] = raw
         return out
 
@@ -933,7 +933,15 @@ class MboData:
 def _to_ns(value: Any) -> int:
     if isinstance(value, (int, np.integer)):
         return int(value)
-    ts = pd.Timestamp(value)
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ArgumentError(
+            f"not a time: {value!r} ({exc}). Pass ns since the epoch (int) or anything "
+            "pandas.Timestamp accepts, e.g. '2025-09-24 21:50' (naive = UTC)."
+        ) from None
+    if ts is pd.NaT:
+        raise ArgumentError(f"not a time: {value!r} (NaT)")
     if ts.tzinfo is None:
         ts = ts.tz_localize("UTC")
     return int(ts.value)
