@@ -71,7 +71,7 @@ def _file_key(path: Path, params: dict[str, Any]) -> str:
     try:
         st = path.stat()
         ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    except OSError:
+    except (OSError, RuntimeError):  # missing, or a symlink loop (checked per file later)
         ident = str(path)
     blob = ident + "|" + json.dumps(params, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -136,13 +136,18 @@ class BatchResult:
         """A written table as a Dask DataFrame (``dask.dataframe.read_parquet``)."""
         import dask.dataframe as dd
 
-        path = self.out_dir / name
-        if not path.exists():
+        from .store import files
+
+        paths = files(self.out_dir, name)
+        if not paths:
             raise MboLabError(f"no table {name!r} under {self.out_dir}; written: {self.tables}")
-        return dd.read_parquet(str(path))
+        return dd.read_parquet(paths)
 
     def paths(self) -> list[Path]:
-        return sorted(p for p in self.out_dir.rglob("*.parquet"))
+        """The current Parquet files of the store (its manifest's list)."""
+        from .store import TABLES, files
+
+        return sorted(Path(p) for t in TABLES for p in files(self.out_dir, t))
 
 
 def batch(files_or_pattern: str | os.PathLike | Iterable[str | os.PathLike],
@@ -164,17 +169,32 @@ def batch(files_or_pattern: str | os.PathLike | Iterable[str | os.PathLike],
     """
     from distributed import Client, LocalCluster, as_completed
 
+    from .config import check_levels, check_positive
+    from .store import _check_output_dir, check_input
+
+    check_levels(levels)
+    if n_workers is not None:
+        n_workers = check_positive("n_workers", n_workers, maximum=1024)
     files = resolve_files(files_or_pattern)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_output_dir(out)
     params = {"levels": levels, "grid": grid, "what": sorted(what)}
-    keys = {f: _file_key(f, params) for f in files}
-    todo = [f for f in files
+    rows: list[dict[str, Any]] = []
+    good = []
+    for f in files:  # inputs are checked here, before any worker opens them (no fifo hangs)
+        try:
+            check_input(f)
+            good.append(f)
+        except MboLabError as exc:
+            rows.append({"file": str(f), "status": "error", "seconds": 0.0, "records": 0,
+                         "error": f"{type(exc).__name__}: {exc}", "worker_pid": None})
+    keys = {f: _file_key(f, params) for f in good}
+    todo = [f for f in good
             if overwrite or not (out / _DONE_DIR / f"{keys[f]}.json").exists()]
-    rows: list[dict[str, Any]] = [
+    rows += [
         {"file": str(f), "status": "skipped", "seconds": 0.0, "records": None, "error": "",
          "worker_pid": None}
-        for f in files if f not in todo
+        for f in good if f not in todo
     ]
     t0 = time.perf_counter()
     own_cluster = None
@@ -213,8 +233,9 @@ def batch(files_or_pattern: str | os.PathLike | Iterable[str | os.PathLike],
             client.close()
             own_cluster.close()
     report = pd.DataFrame(rows).sort_values("file").reset_index(drop=True)
-    tables = tuple(sorted(p.name for p in out.iterdir()
-                          if p.is_dir() and not p.name.startswith("_")))
+    from .store import tables as store_tables
+
+    tables = tuple(store_tables(out))
     res = BatchResult(out, report, link, time.perf_counter() - t0, tables)
     for _, r in res.failed.iterrows():
         log.warning("batch: %s failed: %s", r["file"], r["error"])

@@ -210,6 +210,9 @@ def check_output_file(path: str | os.PathLike, *, force: bool = False,
     the end). ``suffixes``: accepted endings (lower case), e.g. ``(".parquet", ".csv")``.
     """
     p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"output {p} is a folder; give a file name inside it, e.g. "
+                          f"{p / ('out' + (suffixes[0] if suffixes else ''))}")
     if suffixes and not any(p.name.lower().endswith(s) for s in suffixes):
         raise OutputError(f"output {p} must end in {' or '.join(suffixes)}")
     parent = p.parent if str(p.parent) else Path(".")
@@ -218,9 +221,6 @@ def check_output_file(path: str | os.PathLike, *, force: bool = False,
                           f"(mkdir -p {parent}) or choose another output.")
     if not parent.is_dir():
         raise OutputError(f"output folder {parent} is a file, not a folder.")
-    if p.is_dir():
-        raise OutputError(f"output {p} is a folder; give a file name inside it, e.g. "
-                          f"{p / ('out' + (suffixes[0] if suffixes else ''))}")
     replaces = p.exists() or p.is_symlink()
     if replaces and not force:
         raise OutputError(f"output {p} exists and would be replaced; pass --force "
