@@ -177,6 +177,29 @@ def _theirs(path: Path) -> np.ndarray:
     return databento.DBNStore.from_file(path).to_ndarray()
 
 
+def _zstd_complete(raw: bytes) -> bool:
+    """Independent oracle: libzstd decodes every frame of ``raw`` to its end."""
+    import zstandard
+
+    rest = raw
+    while rest:
+        if len(rest) >= 8 and int.from_bytes(rest[:4], "little") & 0xFFFFFFF0 == 0x184D2A50:
+            size = int.from_bytes(rest[4:8], "little")
+            if len(rest) < 8 + size:
+                return False
+            rest = rest[8 + size:]
+            continue
+        d = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            d.decompress(rest)
+        except zstandard.ZstdError:
+            return False
+        if not d.eof:
+            return False
+        rest = d.unused_data
+    return True
+
+
 def _decode_case(path: Path) -> dict:
     """Run the package's readers on one file; classify the outcome."""
     from mbo_lab.errors import MboLabError
@@ -205,6 +228,9 @@ def _decode_case(path: Path) -> dict:
         out["chunks"] = type(exc).__name__
     if ours is not None:
         out["records"] = len(ours)
+        raw = path.read_bytes()
+        if raw[:4] == b"\x28\xb5\x2f\xfd":
+            out["zstd_complete"] = _zstd_complete(raw)
         try:
             theirs = _theirs(path)
             out["databento_records"] = len(theirs)
@@ -320,6 +346,8 @@ def test_fuzz_readers_package_errors_or_databento_agreement(tmp_path, request):
             bad.append({**r, "why": "load and iter_chunks disagree"})
         elif accepted and not r.get("chunks_equal_load", False):
             bad.append({**r, "why": "iter_chunks records differ from load"})
+        elif accepted and r.get("zstd_complete") is False:
+            bad.append({**r, "why": "accepted a .zst that libzstd finds cut or damaged"})
         elif accepted and not r.get("databento_equal", False):
             bad.append({**r, "why": "accepted, but Databento's decoder reads other records"})
         elif r["seconds"] > CASE_SECONDS / 2:
