@@ -115,7 +115,7 @@ def test_construction_shows_the_whole_stream(lmap, session):
     bins, rows = len(g.t_edges) - 1, len(g.price_edges) - 1
     assert lmap.heat.color.shape == (rows, bins)
     assert bins * rows <= lmap.max_cells
-    assert lmap.heat.color.dtype == np.float64 and lmap.heat.x.dtype == np.float64
+    assert lmap.heat.color.dtype == np.float32 and lmap.heat.x.dtype == np.float64
     assert lmap.heat.y.dtype == np.float64
     assert np.count_nonzero(lmap.heat.color) > 0
     assert not np.isnan(lmap.heat.color).any()
@@ -197,7 +197,7 @@ def test_one_minute_window_payload_bounded(session):
         m.show(t, t + 60 * 10**9)
         assert m.window[1] - m.window[0] == 60 * 10**9
         assert m.last_cells <= 50_000
-        assert m.last_bytes < 50_000 * 8 * 1.2 + 100_000
+        assert m.last_bytes < 50_000 * 4 * 1.2 + 100_000
     finally:
         m.close()
 

@@ -278,7 +278,8 @@ class LiquidityMap(W.VBox):
         self.size_scale = bq.LinearScale(min=0.0, max=1.0)
         self.side_scale = bq.ColorScale(colors=[ASK, NEUTRAL, BID], min=-1.0, max=1.0)
         xy = {"x": self.x_scale, "y": self.y_scale}
-        self.heat = bq.HeatMap(x=_f64([0, 1]), y=_f64([0, 1]), color=np.zeros((2, 2)),
+        self.heat = bq.HeatMap(x=_f64([0, 1]), y=_f64([0, 1]),
+                               color=np.zeros((2, 2), dtype=np.float32),
                                scales={**xy, "color": self.color_scale},
                                null_color="transparent")
         self.bbo_lines = bq.Lines(x=_f64([0, 1]), y=_f64([[0, 0], [1, 1]]),
@@ -552,7 +553,9 @@ class LiquidityMap(W.VBox):
         c, self.cut_lo, self.cut_hi = color_cells(bid, ask, log_scale=self.log_scale,
                                                   lower_pct=self.lower_pct,
                                                   upper_pct=self.upper_pct)
-        return np.ascontiguousarray(c.T)  # (rows, bins): y rows, x columns
+        # (rows, bins): y rows, x columns. Colour values in [-1, 1] travel as float32
+        # (half the bytes; prices and times stay float64).
+        return np.ascontiguousarray(c.T, dtype=np.float32)
 
     def _draw(self, grid: Any, win: tuple[int, int, float, float], *, event_t: float
               ) -> None:
@@ -570,7 +573,7 @@ class LiquidityMap(W.VBox):
         if len(xc) < 2 or len(yc) < 2:  # bqplot's HeatMap needs two of each
             xc = _f64([xc[0], xc[0] + 1e-3]) if len(xc) else _f64([0, 1e-3])
             yc = _f64([yc[0], yc[0] + 1e-9]) if len(yc) else _f64([0, 1])
-            color = np.zeros((2, 2))
+            color = np.zeros((2, 2), dtype=np.float32)
         try:
             trades = self.session.trades_between(int(s), int(e), max_trades=self.max_trades)
         except Exception as exc:
