@@ -257,3 +257,61 @@ def test_iter_frames_streams_samples_and_reuses(small_synth, tmp_path):
         assert_same_states(got, want, oracle_rows(want, small_synth, every, co))
         df = got.to_df(None, {})
         assert df["record_index"].tolist() == got.index.tolist()
+
+
+# --------------------------------------------------------------------------- first call
+
+_FIRST_CALL = r"""
+import sys, numba, mbo_lab
+heavy = {"mbo_lab.analytics", "mbo_lab.store", "mbo_lab.replay", "mbo_lab.serve",
+         "mbo_lab.viz", "mbo_lab.io.fetch", "mbo_lab.io.live", "asyncio", "tornado",
+         "ipywidgets", "bqplot", "dask"}
+print("IMPORTED", sorted(m for m in heavy if m in sys.modules))
+mbo_lab.warmup()
+
+def signatures():
+    out = {}
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("mbo_lab"):
+            continue
+        for attr, obj in list(vars(mod).items()):
+            if isinstance(obj, numba.core.dispatcher.Dispatcher):
+                out[f"{name}.{attr}"] = len(obj.signatures)
+    return out
+
+before = signatures()
+data = mbo_lab.load(sys.argv[1])
+mbo_lab.bbo(data)
+mbo_lab.mbp(data, levels=10)
+s = mbo_lab.open(data, progress=False)
+s.seek(len(data) // 2)
+s.step(5)
+s.back(2)
+after = signatures()
+print("NEW", sorted(k for k in after if after[k] != before.get(k, 0)))
+"""
+
+
+def test_import_is_light_and_warmup_covers_the_first_calls(clx5_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FIRST_CALL, str(clx5_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines()
+                 if line.startswith(("IMPORTED", "NEW")))
+    assert lines["IMPORTED"] == "[]", "import mbo_lab loaded " + lines["IMPORTED"]
+    assert lines["NEW"] == "[]", "compiled after warmup(): " + lines["NEW"]
+
+
+def test_lazy_names_resolve():
+    import mbo_lab as m
+
+    assert callable(m.open) and m.open is m.open_session
+    assert callable(m.export) and callable(m.read_store) and callable(m.fetch)
+    assert hasattr(m.analytics, "spread") and m.store.export is m.export
+    assert callable(m.batch) and m.SPEED_MAX > 0
+    assert set(m.__all__) <= set(dir(m))
+    with pytest.raises(AttributeError):
+        m.no_such_name  # noqa: B018

@@ -25,9 +25,8 @@ import pandas as pd
 from ..config import get_settings
 from ..errors import EngineError
 from ..io.dbn import MboData, iter_chunks, load
-from ..io.records import kernel_view
 from . import kernel as K
-from .engine import NumbaEngine, make_engine
+from .engine import NumbaEngine, _readonly, make_engine
 from .frames import BookFrames, FrameBuffer
 
 __all__ = ["Source", "as_data", "replay_frames", "iter_frames", "mbp", "bbo", "every_ns"]
@@ -158,7 +157,7 @@ def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
             frames.counters = eng.counters
             return frames, data
         eng = NumbaEngine(levels, every=every, changes_only=changes_only)
-        recs = kernel_view(data.records)
+        recs = _readonly(data.records)
         n_last, n_trades, size_sum = K.scan_counts(recs)
         narrow = compact and size_sum <= _U32_MAX
         sampled = every is not None or changes_only
@@ -223,7 +222,7 @@ def iter_frames(path: str | os.PathLike, levels: int = 10, engine: str | None = 
     buf: FrameBuffer | None = None
     chunk = None
     for chunk in iter_chunks(path, s.chunk_records, progress=progress):
-        recs = kernel_view(chunk.records)
+        recs = _readonly(chunk.records)
         n_last, n_trades, _ = K.scan_counts(recs)
         need = n_last if not sampled else min(n_last, 1 << 14) + 16
         if buf is None or not reuse or buf.capacity < need:

@@ -63,6 +63,16 @@ def _check_records(records: np.ndarray) -> np.ndarray:
     return records
 
 
+def _readonly(recs: np.ndarray) -> np.ndarray:
+    """A read-only kernel view of MBO records: ``load()`` gives read-only arrays, so the
+    kernel is compiled (and warmed up) for exactly one record-array type."""
+    recs = kernel_view(recs)
+    if recs.flags.writeable or type(recs) is not np.ndarray:
+        recs = np.ndarray.view(recs, np.ndarray)
+        recs.flags.writeable = False
+    return recs
+
+
 class NumbaEngine:
     """The Numba kernel over a :class:`BookState`.
 
@@ -142,7 +152,7 @@ class NumbaEngine:
         (fixed 1e-9), new level size (lots, 0 = level removed)]`` in record order, one per
         change of an aggregated level's size. Without it the log is empty, shape (0, 4).
         """
-        recs = kernel_view(_check_records(records))
+        recs = _readonly(_check_records(records))
         n_last, n_trades, _ = K.scan_counts(recs)
         cap = n_last if not self.sampled else min(n_last, 1 << 12) + 16
         buf = FrameBuffer(cap, self.levels)  # the kernel writes every cell it reports
@@ -162,6 +172,7 @@ class NumbaEngine:
         must have room for every F_LAST of ``recs`` unless sampling, where it grows) and
         Trade indices into ``trade_idx`` from ``n_trades``. Returns ``(buffer, states,
         trades, level log or None)``; the buffer is a new one if it had to grow."""
+        recs = _readonly(recs)
         base = self.records_applied if base_index is None else int(base_index)
         if log_key is None:
             lkey = 0

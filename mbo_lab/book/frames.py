@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE, ns_to_datetime
+from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE
 
 __all__ = ["BookFrames", "FrameBuffer", "CROSS_NONE", "CROSS_LOCKED", "CROSS_CROSSED",
            "FIELD_NAMES"]
