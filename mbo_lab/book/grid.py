@@ -43,8 +43,9 @@ ticks wide):
 book's Add records in the window (``k = 5`` by default), one row per episode: from the time
 the order became that large at that price (its add time if it was resting at the window start)
 until it was cancelled, filled, modified below the threshold or to another price, or the book
-was cleared (clipped to the window end if it was still resting). Top-of-book publishers
-(F_TOB) have no orders, so none.
+was cleared (clipped to the window end if it was still resting); at most
+:data:`MAX_LARGE_ORDERS` episodes, the largest. Top-of-book publishers (F_TOB) have no
+orders, so none.
 """
 
 from __future__ import annotations
@@ -54,8 +55,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from numba import njit, types
-from numba.typed import Dict
+from numba import njit
 
 from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE
 
@@ -66,6 +66,8 @@ __all__ = ["LiquidityGrid", "GridAccumulator", "KINDS", "time_edges", "price_gri
 KINDS = ("bid_twa", "ask_twa", "bid_max", "ask_max", "buy_volume", "sell_volume")
 #: Large order threshold: ``size >= LARGE_ORDER_K x median add size`` of the window.
 LARGE_ORDER_K = 5.0
+#: At most this many large-order episodes are returned (the largest).
+MAX_LARGE_ORDERS = 5000
 
 _UNDEF = np.int64(UNDEF_PRICE)
 _J = dict(cache=True, nogil=True)
@@ -571,13 +573,14 @@ class GridAccumulator:
 
 
 @njit(**_J)
-def _median_add_size(recs, lo, hi, key, t0):
-    """Median size of the book's Add records (not F_TOB) in ``recs[lo:hi]`` with
-    ``ts_recv >= t0`` (a size histogram; sizes >= 65535 share the last bucket, which only
-    matters when more than half the adds are that large). 0 when there is none."""
+def _median_add_size(recs, lo, hi, key, t0, step):
+    """Median size of the book's Add records (not F_TOB) among every ``step``-th record of
+    ``recs[lo:hi]`` with ``ts_recv >= t0`` (a size histogram; sizes >= 65535 share the last
+    bucket, which only matters when more than half the adds are that large). 0 when there
+    is none."""
     hist = np.zeros(65536, np.int64)
     n = 0
-    for i in range(lo, hi):
+    for i in range(lo, hi, step):
         r = recs[i]
         if r.action != 65 or (r.flags & 0x40) != 0:
             continue
@@ -623,23 +626,69 @@ def _emit(out, nout, lv, sl, t, oid):
 
 
 @njit(**_J)
-def _close_side(live, lv, lid, free, nfree, out, nout, side, t):
-    """End the episodes of every live large order (``side`` 2) or of one side (0/1)."""
-    if len(live) == 0:
-        return out, nout, nfree
-    keys = np.empty(len(live), np.int64)
-    m = 0
-    for kk in live.keys():
-        keys[m] = kk
-        m += 1
-    for kk in keys:
-        sl = live[kk]
-        if side == 2 or lv[sl, 0] == side:
-            out, nout = _emit(out, nout, lv, sl, t, kk)
-            del live[kk]
+def _oh(oid, mask):
+    h = (np.uint64(oid) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(21)
+    return np.int64(h & np.uint64(mask))
+
+
+@njit(**_J)
+def _ofind(ht, oid):
+    """Row of ``oid`` in the order table ``ht`` (rows ``(order_id, slot)``, slot -1 =
+    empty), or -1."""
+    mask = ht.shape[0] - 1
+    i = _oh(oid, mask)
+    while ht[i, 1] >= 0:
+        if ht[i, 0] == oid:
+            return i
+        i = (i + 1) & mask
+    return np.int64(-1)
+
+
+@njit(**_J)
+def _oput(ht, oid, slot):
+    mask = ht.shape[0] - 1
+    i = _oh(oid, mask)
+    while ht[i, 1] >= 0:
+        i = (i + 1) & mask
+    ht[i, 0] = oid
+    ht[i, 1] = slot
+
+
+@njit(**_J)
+def _odel(ht, i):
+    """Empty row ``i`` (backward-shift deletion, no tombstones)."""
+    mask = ht.shape[0] - 1
+    j = i
+    while True:
+        j = (j + 1) & mask
+        if ht[j, 1] < 0:
+            break
+        k = _oh(ht[j, 0], mask)
+        if ((j - k) & mask) >= ((j - i) & mask):
+            ht[i, 0] = ht[j, 0]
+            ht[i, 1] = ht[j, 1]
+            i = j
+    ht[i, 1] = -1
+
+
+@njit(**_J)
+def _close_side(ht, nlive, lv, free, nfree, out, nout, side, t):
+    """End the episodes of every live large order (``side`` 2) or of one side (0/1).
+    Returns (out, nout, nfree, nlive)."""
+    if nlive == 0:
+        return out, nout, nfree, nlive
+    i = 0
+    while i < ht.shape[0]:
+        sl = ht[i, 1]
+        if sl >= 0 and (side == 2 or lv[sl, 0] == side):
+            out, nout = _emit(out, nout, lv, sl, t, ht[i, 0])
             free[nfree] = sl
             nfree += 1
-    return out, nout, nfree
+            nlive -= 1
+            _odel(ht, i)  # a later row may move into i: look at it again
+            continue
+        i += 1
+    return out, nout, nfree, nlive
 
 
 @njit(**_J)
@@ -649,12 +698,14 @@ def _track_large(recs, lo, hi, key, thr, t0, t_end, init_id, init_side, init_px,
     starting from the large orders resting at ``lo`` (``init_*``). Returns an int64 array
     (ts_start, ts_end, side 0/1, price, size, order_id) of the episodes that overlap
     ``[t0, t_end)``; orders still resting at the end get ``ts_end = t_end``."""
-    live = Dict.empty(key_type=types.int64, value_type=types.int64)  # oid -> slot
-    cap = 64 + init_id.shape[0]
+    cap = 64
+    while cap < 2 * init_id.shape[0] + 64:
+        cap *= 2
+    ht = np.full((2 * cap, 2), -1, np.int64)  # order table, at most half full
     lv = np.zeros((cap, 5), np.int64)  # side, price, size, ts_start, max size
-    lid = np.zeros(cap, np.int64)
     free = np.arange(cap - 1, -1, -1)
     nfree = cap
+    nlive = 0
     out = np.zeros((64, 6), np.int64)
     nout = 0
     for k in range(init_id.shape[0]):
@@ -665,43 +716,47 @@ def _track_large(recs, lo, hi, key, thr, t0, t_end, init_id, init_side, init_px,
         lv[sl, 2] = init_sz[k]
         lv[sl, 3] = init_ts[k]
         lv[sl, 4] = init_sz[k]
-        lid[sl] = init_id[k]
-        live[init_id[k]] = sl
+        _oput(ht, init_id[k], sl)
+        nlive += 1
     for i in range(lo, hi):
         r = recs[i]
         if ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) != key:
             continue
         a = r.action
-        t = np.int64(r.ts_recv)
-        oid = np.int64(r.order_id)
         if a == 82:  # clear
-            out, nout, nfree = _close_side(live, lv, lid, free, nfree, out, nout, 2, t)
-            continue
-        if a == 65 and (r.flags & 0x40) != 0:  # top-of-book side replacement
-            if r.side == 66 or r.side == 65:
-                out, nout, nfree = _close_side(live, lv, lid, free, nfree, out, nout,
-                                               0 if r.side == 66 else 1, t)
+            out, nout, nfree, nlive = _close_side(ht, nlive, lv, free, nfree, out, nout, 2,
+                                                  np.int64(r.ts_recv))
             continue
         if a != 65 and a != 67 and a != 77:
             continue
-        sl = np.int64(-1)
-        if oid in live:
-            sl = live[oid]
+        if a == 65 and (r.flags & 0x40) != 0:  # top-of-book side replacement
+            if nlive > 0 and (r.side == 66 or r.side == 65):
+                out, nout, nfree, nlive = _close_side(ht, nlive, lv, free, nfree, out, nout,
+                                                      0 if r.side == 66 else 1,
+                                                      np.int64(r.ts_recv))
+            continue
+        oid = np.int64(r.order_id)
+        row = _ofind(ht, oid) if nlive > 0 else np.int64(-1)
         if a == 67:  # cancel: the live order's side and price
-            if sl < 0:
+            if row < 0:
                 continue
+            sl = ht[row, 1]
             new_side = lv[sl, 0]
             new_px = lv[sl, 1]
             new_sz = lv[sl, 2] - np.int64(r.size)
         else:
+            new_sz = np.int64(r.size)
+            if row < 0 and new_sz < thr:
+                continue
             if r.side != 66 and r.side != 65:
                 continue
             if r.price == UNDEF_PRICE or (a == 65 and r.size == 0):
                 continue
             new_side = np.int64(0) if r.side == 66 else np.int64(1)
             new_px = np.int64(r.price)
-            new_sz = np.int64(r.size)
-        if sl >= 0:
+        t = np.int64(r.ts_recv)
+        if row >= 0:
+            sl = ht[row, 1]
             same = lv[sl, 0] == new_side and lv[sl, 1] == new_px and a != 65
             if same and new_sz >= thr:
                 lv[sl, 2] = new_sz
@@ -709,20 +764,23 @@ def _track_large(recs, lo, hi, key, thr, t0, t_end, init_id, init_side, init_px,
                     lv[sl, 4] = new_sz
                 continue
             out, nout = _emit(out, nout, lv, sl, t, oid)  # the episode ends here
-            del live[oid]
+            _odel(ht, row)
             free[nfree] = sl
             nfree += 1
+            nlive -= 1
         if a != 67 and new_sz >= thr:
-            if nfree == 0:
+            if nfree == 0:  # grow the slots and the table
                 lv2 = np.zeros((2 * cap, 5), np.int64)
                 lv2[:cap] = lv
-                lid2 = np.zeros(2 * cap, np.int64)
-                lid2[:cap] = lid
                 free = np.zeros(2 * cap, np.int64)
                 free[:cap] = np.arange(2 * cap - 1, cap - 1, -1)
                 nfree = cap
                 lv = lv2
-                lid = lid2
+                ht2 = np.full((4 * cap, 2), -1, np.int64)
+                for q in range(ht.shape[0]):
+                    if ht[q, 1] >= 0:
+                        _oput(ht2, ht[q, 0], ht[q, 1])
+                ht = ht2
                 cap = 2 * cap
             nfree -= 1
             sl = free[nfree]
@@ -731,9 +789,9 @@ def _track_large(recs, lo, hi, key, thr, t0, t_end, init_id, init_side, init_px,
             lv[sl, 2] = new_sz
             lv[sl, 3] = t
             lv[sl, 4] = new_sz
-            lid[sl] = oid
-            live[oid] = sl
-    out, nout, nfree = _close_side(live, lv, lid, free, nfree, out, nout, 2, t_end)
+            _oput(ht, oid, sl)
+            nlive += 1
+    out, nout, nfree, nlive = _close_side(ht, nlive, lv, free, nfree, out, nout, 2, t_end)
     m = 0
     for k in range(nout):  # keep the episodes overlapping the window
         if out[k, 1] > t0:
@@ -788,13 +846,17 @@ def resting_orders(state, instrument_id: int, publisher_id: int, min_size: int =
 
 def large_order_episodes(recs: np.ndarray, lo: int, hi: int, key: int, t0: int, t_end: int,
                          resting: dict[str, np.ndarray] | None = None,
-                         k: float = LARGE_ORDER_K, threshold: float | None = None
+                         k: float = LARGE_ORDER_K, threshold: float | None = None,
+                         max_rows: int | None = MAX_LARGE_ORDERS
                          ) -> tuple[pd.DataFrame, float]:
     """Large resting orders of one book over records ``recs[lo:hi]`` (kernel view); see the
     module doc. ``resting``: the book's orders resting at ``lo`` (``order_id``, ``side``
-    0/1, ``price``, ``size``, ``ts_recv`` arrays). Returns (frame, threshold in lots)."""
+    0/1, ``price``, ``size``, ``ts_recv`` arrays). The median add size is exact for up to
+    2M records and taken from every 8th record beyond. With more than ``max_rows``
+    episodes the largest are kept. Returns (frame, threshold in lots)."""
     if threshold is None:
-        med = float(_median_add_size(recs, lo, hi, np.int64(key), np.int64(t0)))
+        step = 1 if hi - lo <= 2_000_000 else 8
+        med = float(_median_add_size(recs, lo, hi, np.int64(key), np.int64(t0), step))
         threshold = k * med if med > 0 else float("inf")
     cols = ["ts_start", "ts_end", "side", "price", "size", "order_id"]
     if not np.isfinite(threshold):
@@ -808,6 +870,8 @@ def large_order_episodes(recs: np.ndarray, lo: int, hi: int, key: int, t0: int, 
                        np.int64(t_end),
                        *(np.ascontiguousarray(np.asarray(resting[n])[big], np.int64)
                          for n in ("order_id", "side", "price", "size", "ts_recv")))
+    if max_rows is not None and len(arr) > max_rows:
+        arr = arr[np.argsort(-arr[:, 4], kind="stable")[:max_rows]]
     arr = arr[np.lexsort((arr[:, 5], arr[:, 0]))] if len(arr) else arr
     df = pd.DataFrame({
         "ts_start": arr[:, 0], "ts_end": np.minimum(arr[:, 1], np.int64(t_end)),

@@ -38,7 +38,7 @@ __all__ = ["liquidity", "trades_between", "history", "infer_tick", "guess_time_z
 log = logging.getLogger(__name__)
 
 #: Records per kernel call in a grid pass (bounded memory: level log and BBO of a chunk).
-CHUNK_RECORDS = 1 << 20
+CHUNK_RECORDS = 1 << 18
 
 #: Default history window of :func:`history` (ns).
 HISTORY_SPAN_NS = 30 * 60 * 10**9
