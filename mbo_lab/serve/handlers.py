@@ -21,7 +21,7 @@ from ..errors import MboLabError
 from ..replay.session import SPEED_MAX
 from .feeds import dumps, http_chunk, sse_event
 from .net import abort as reset_socket
-from .net import bytes_acked, set_sndbuf, unsent_bytes
+from .net import bytes_acked, not_sent, set_sndbuf, unsent_bytes
 from .openapi import openapi
 
 if TYPE_CHECKING:
@@ -800,13 +800,16 @@ class BookStreamHandler(SSEHandler):
             self.server.tally.flush()
 
     def can_send(self) -> bool:
-        """The client acknowledged all but ``book_unsent`` bytes and nothing waits in the
-        IOStream: a frame written now is the next thing it reads."""
+        """Nothing waits in the IOStream, the kernel sent everything (the client's receive
+        window is open) and at most ``book_unsent`` bytes await its acknowledgement: a
+        frame written now is the next thing it reads. (Bytes that only wait for a delayed
+        ACK don't hold frames back.)"""
         sock = self._sock
         if sock is None:
             return True
         stream = self.request.connection.stream
-        return not stream.writing() and unsent_bytes(sock) <= self.server.book_unsent
+        return not stream.writing() and not_sent(sock) == 0 and \
+            unsent_bytes(sock) <= self.server.book_unsent
 
     def _stalled(self) -> bool:
         """True when the client acknowledged nothing for ``send_timeout`` seconds while

@@ -39,7 +39,7 @@ from tornado.iostream import IOStream, UnsatisfiableReadError
 
 from .. import metrics
 
-__all__ = ["Limits", "GuardedHTTPServer", "unsent_bytes", "bytes_acked", "abort",
+__all__ = ["Limits", "GuardedHTTPServer", "unsent_bytes", "not_sent", "bytes_acked", "abort",
            "default_max_connections", "set_sndbuf"]
 
 log = logging.getLogger("mbo_lab.serve")
@@ -77,6 +77,18 @@ def unsent_bytes(sock: socket.socket) -> int:
         buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
         return struct.unpack("i", buf)[0]
     except (OSError, ValueError):
+        return 0
+
+
+def not_sent(sock: socket.socket) -> int:
+    """Bytes in the kernel's send queue that were not even sent, because the peer's
+    receive window (or the congestion window) is full (``tcpi_notsent_bytes``); 0 if
+    unknown. Unlike :func:`unsent_bytes` this ignores data merely waiting for a
+    (possibly delayed) acknowledgement."""
+    try:
+        b = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        return struct.unpack_from("I", b, 144)[0] if len(b) >= 148 else 0
+    except (OSError, ValueError, AttributeError):
         return 0
 
 

@@ -73,7 +73,7 @@ class Server:
                  limits: Limits | None = None, allowed_hosts: tuple[str, ...] = (),
                  max_stream_age: float = 900.0, max_stream_bytes: int = 256 << 20,
                  proxy_stream_age: float = 120.0, proxy_stream_bytes: int = 32 << 20,
-                 book_unsent: int = 2048, book_sndbuf: int = 16384,
+                 book_unsent: int = 8192, book_sndbuf: int = 16384,
                  record_sndbuf: int = 512 << 10, min_hz: float = 0.1):
         self.session = session
         self.host = host
@@ -306,7 +306,7 @@ def start(session: Session, host: str | None = None, port: int | None = None,
           idle_timeout: float = 75.0, backlog: int = 2048,
           max_stream_age: float = 900.0, max_stream_bytes: int = 256 << 20,
           proxy_stream_age: float = 120.0, proxy_stream_bytes: int = 32 << 20,
-          book_unsent: int = 2048, min_hz: float = 0.1) -> Server:
+          book_unsent: int = 8192, min_hz: float = 0.1) -> Server:
     """Serve ``session`` over HTTP/SSE on the running event loop; returns a :class:`Server`.
 
     Call it from a notebook cell (Jupyter's loop runs it; the cell returns at once) or
@@ -355,8 +355,10 @@ def start(session: Session, host: str | None = None, port: int | None = None,
         ``proxy_`` values apply behind jupyter-server-proxy (``X-Forwarded-Prefix``),
         which never notices a client that went away and buffers for a stalled one.
     book_unsent
-        Bytes a book stream may have unacknowledged by the client before it holds frames
-        back (only the newest goes out when the client catches up).
+        A book stream holds frames back (only the newest goes out when the client catches
+        up) while the kernel could not send everything written (the client's receive
+        window is full) or more than this many bytes await the client's acknowledgement
+        (a slow path).
     min_hz
         Lowest ``max_hz`` a book stream accepts.
     """
