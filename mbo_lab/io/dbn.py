@@ -323,9 +323,10 @@ class _ZstdBlocks:
         )
 
     def _cut(self, inside: str) -> None:
+        end = self.offset + len(self._buf) - self._cur
         self.truncated = (
-            f"the Zstandard data ends inside {inside} at compressed byte {self.offset:,}"
-            f" + {len(self._buf) - self._cur} bytes: the frame did not end"
+            f"the Zstandard data stops at compressed byte {end:,} (the end of the file), "
+            f"inside {inside}: the frame did not end"
         )
 
     def pieces(self) -> Iterator[bytes]:
