@@ -57,31 +57,38 @@ def main() -> None:
         src = mbo_lab.synth_records(int(args.records), seed=11)
         print(f"generated {len(src):,} records in {time.perf_counter() - t0:.1f} s")
     print(f"before open: {_rss()}")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     s = mbo_lab.open(src, checkpoint_every=args.checkpoint_every, progress=False)
     load = time.perf_counter() - t0
+    load_cpu = time.process_time() - c0
     n = len(s)
     cp_bytes = sum(c.state.nbytes() for c in s._checkpoints)
     print(f"open {n:,} records ({len(s.books)} books; {len(s._checkpoints)} checkpoints every "
           f"{s.checkpoint_every:,} records, {cp_bytes / 2**20:.0f} MiB): {load:.2f} s "
-          f"({n / load / 1e6:.1f}M rec/s; checkpoint pass {s.load_seconds:.2f} s); {_rss()}")
+          f"wall, {load_cpu:.2f} s CPU ({n / load / 1e6:.1f}M rec/s wall; checkpoint pass "
+          f"{s.load_seconds:.2f} s); {_rss()}")
     # compile every seek path once
     s.seek(n // 3)
     s.seek(time=int(s.data.records["ts_recv"][n // 4]))
     rng = np.random.default_rng(0)
-    lat = []
+    lat, cpu = [], []
     for idx in rng.integers(0, n, args.seeks):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         s.seek(int(idx))
         lat.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     ts = s.data.records["ts_recv"]
     for t in rng.integers(int(ts[0]), int(ts[-1]), args.seeks // 4):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         s.seek(time=int(t))
         lat.append(time.perf_counter() - t0)
-    ms = np.array(lat) * 1000
-    print(f"seek latency over {len(ms)} random seeks: median {np.median(ms):.1f} ms, "
-          f"p95 {np.percentile(ms, 95):.1f} ms, max {ms.max():.1f} ms (target p95 < 50 ms)")
+        cpu.append(time.process_time() - c0)
+    for name, v in (("wall", lat), ("CPU", cpu)):
+        ms = np.array(v) * 1000
+        print(f"seek {name} time over {len(ms)} random seeks: median {np.median(ms):.1f} ms, "
+              f"p95 {np.percentile(ms, 95):.1f} ms, max {ms.max():.1f} ms (target p95 < 50 ms)")
+    print("(CPU time = this process's own CPU; on a shared machine wall time also holds the "
+          "time other processes ran)")
     print(f"after seeks: {_rss()}; load average {os.getloadavg()}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time as _time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -141,18 +142,29 @@ def liquidity(session: Session, start: Any = None, end: Any = None, *, time_bins
         acc = GridAccumulator(edges, pe, key)
         acc.start(bid_px, bid_sz, ask_px, ask_sz, has_state)
         resting = resting_orders(eng.state, iid, pub) if large_orders else None
-        for a in range(s0, e, CHUNK_RECORDS):
-            b = min(e, a + CHUNK_RECORDS)
-            fr = eng.apply(recs[a:b], base_index=a, log_key=key)
-            acc.add(kv[a:b], a, fr.level_log, fr.bid_px[:, 0], fr.ask_px[:, 0])
-            if bar is not None:
-                bar.update(b - a)
-        twa, mx, vol, bbo = acc.finish()
-        if large_orders:
-            lo_df, thr = large_order_episodes(kv, s0, e, key, t0, t_end, resting, k=large_k)
-        else:
-            lo_df, thr = large_order_episodes(kv, 0, 0, key, t0, t_end, None,
-                                              threshold=float("inf"))
+        # three chains on two cores, every step releases the GIL: the kernel (sequential
+        # state) feeds the accumulator one chunk behind; large orders read the records
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            fut_large = pool.submit(large_order_episodes, kv, s0, e, key, t0, t_end, resting,
+                                    k=large_k) if large_orders else None
+            pending = None
+            for a in range(s0, e, CHUNK_RECORDS):
+                b = min(e, a + CHUNK_RECORDS)
+                fr = eng.apply(recs[a:b], base_index=a, log_key=key)
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(acc.add, kv[a:b], a, fr.level_log, fr.bid_px[:, 0],
+                                      fr.ask_px[:, 0])
+                if bar is not None:
+                    bar.update(b - a)
+            if pending is not None:
+                pending.result()
+            twa, mx, vol, bbo = acc.finish()
+            if fut_large is not None:
+                lo_df, thr = fut_large.result()
+            else:
+                lo_df, thr = large_order_episodes(kv, 0, 0, key, t0, t_end, None,
+                                                  threshold=float("inf"))
     finally:
         if bar is not None:
             bar.close()
