@@ -85,9 +85,11 @@ def _zoom(m, start_ns: int, end_ns: int, lo: float, hi: float, meter: _Meter) ->
     with m.y_scale.hold_trait_notifications():
         m.y_scale.min, m.y_scale.max = float(lo), float(hi)
     assert m.pending, "the domain did not change"
+    cpu = time.process_time()
     m.flush()
+    cpu = time.process_time() - cpu
     b, n = meter.take()
-    return {"latency": m.last_latency, "query": m.last_query_seconds, "bytes": b,
+    return {"latency": m.last_latency, "query": m.last_query_seconds, "cpu": cpu, "bytes": b,
             "messages": n, "cells": m.last_cells, "array_bytes": m.last_bytes}
 
 
@@ -150,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
                              meter))
         lat = np.array([r["latency"] for r in res]) * 1000
         qry = np.array([r["query"] for r in res]) * 1000
+        cpu = np.array([r["cpu"] for r in res]) * 1000
         kb = np.array([r["bytes"] for r in res]) / 1e3
         cells = np.array([r["cells"] for r in res])
         print(f"1-minute windows ({len(res)} random, 200 ticks tall): zoom event -> data "
               f"sent median {np.median(lat):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms, "
-              f"max {lat.max():.0f} ms (grid query median {np.median(qry):.0f} ms); "
+              f"max {lat.max():.0f} ms wall; CPU median {np.median(cpu):.0f} ms (grid query "
+              f"median {np.median(qry):.0f} ms wall); "
               f"{np.median(kb):,.0f} kB per update (max {kb.max():,.0f} kB), cells "
               f"median {int(np.median(cells)):,} (max {cells.max():,}); messages "
               f"{int(np.median([r['messages'] for r in res]))} per update")
@@ -162,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         m._home = None
         day = _zoom(m, t_first, t_last + 1, lo, hi, meter)
         print(f"whole-day update (zoom event -> data sent): {day['latency'] * 1000:.0f} ms "
-              f"(grid query {day['query'] * 1000:.0f} ms), {day['cells']:,} cells, "
+              f"wall, {day['cpu'] * 1000:.0f} ms CPU (grid query {day['query'] * 1000:.0f} ms "
+              f"wall), {day['cells']:,} cells, "
               f"{day['bytes'] / 1e3:,.0f} kB in {day['messages']} messages")
         t0 = time.perf_counter()
         m.set_colors(lower_pct=20)

@@ -453,14 +453,19 @@ class LiquidityMap(W.VBox):
     # ------------------------------------------------------------------ queries
     def _query(self, start: int, end: int, lo: float | None, hi: float | None) -> Any:
         t0 = self.clock()
-        grid = self.session.liquidity(start, end, **self._shape(start, end, lo, hi))
+        # a progress bar only while the cell that builds the map runs (a widget callback
+        # has no cell output to show it in)
+        progress = None if self.updates == 0 else False
+        grid = self.session.liquidity(start, end, progress=progress,
+                                      **self._shape(start, end, lo, hi))
         self.queries += 1
         self.last_query_seconds = self.clock() - t0
         return grid
 
     def _fit_prices(self, grid: Any) -> tuple[float, float] | None:
         """Price range around the BBO path of a grid (+- a third of its span, at least 10
-        ticks), or None if the grid already fits."""
+        ticks), or None if the grid's range already holds the path and is at most 1.5
+        times as tall."""
         vals = np.concatenate([np.asarray(grid.bid_low, dtype=float),
                                np.asarray(grid.ask_high, dtype=float),
                                np.asarray(grid.bid_close, dtype=float),
@@ -472,8 +477,9 @@ class LiquidityMap(W.VBox):
         pad = max((hi - lo) / 3.0, 10 * self._tick())
         lo, hi = lo - pad, hi + pad
         e = np.asarray(grid.price_edges, dtype=float)
-        if e[0] >= lo - 2 * self._tick() and e[-1] <= hi + 2 * self._tick():
-            return None
+        contains = e[0] <= lo + pad / 2 and e[-1] >= hi - pad / 2
+        if contains and (e[-1] - e[0]) <= 1.5 * (hi - lo):
+            return None  # close enough: spare a second pass over the day
         return lo, hi
 
     def reset(self) -> None:
