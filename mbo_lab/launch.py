@@ -64,6 +64,9 @@ STOP_TIMEOUT_S = 20.0
 #: Ports tried first when none is given (JupyterLab's usual 8888 and neighbours).
 DEFAULT_PORTS = range(8888, 8898)
 
+#: JupyterLab's "get notified about official Jupyter news?" prompt, disabled for the demo.
+ANNOUNCEMENTS_PLUGIN = "@jupyterlab/apputils-extension:announcements"
+
 _CONSOLE_BROWSERS = {"lynx", "links", "elinks", "w3m", "www-browser"}
 
 _FALLBACK_NOTEBOOK = {
@@ -234,6 +237,14 @@ def main(path: str | os.PathLike[str] | None = None, *, port: int | None = None,
     with tempfile.TemporaryDirectory(prefix="mbo-lab-lab-") as tmp:
         workspaces = Path(tmp) / "workspaces"
         workspaces.mkdir()
+        # No "Jupyter news?" prompt over the dashboard: an extra config path (the user's
+        # own config still wins) whose page config disables the announcements plugin.
+        labconfig = Path(tmp) / "config" / "labconfig"
+        labconfig.mkdir(parents=True)
+        (labconfig / "page_config.json").write_text(json.dumps(
+            {"disabledExtensions": {ANNOUNCEMENTS_PLUGIN: True}}))
+        env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
+            p for p in (str(Path(tmp) / "config"), os.environ.get("JUPYTER_CONFIG_PATH")) if p)
         logfile = Path(tmp) / "jupyterlab.log"
         cmd = lab_command(root, notebook, port, workspaces)
         log.info("starting %s", " ".join(cmd))

@@ -761,7 +761,7 @@ def test_launch_writes_a_dashboard_notebook_outside_a_checkout(tmp_path, monkeyp
     root, nb = launch.dashboard_notebook()
     assert root == tmp_path / "cache" / "notebooks" and nb.parent == root
     cells = json.loads(nb.read_text())["cells"]
-    code = "".join(c["source"] for c in cells if c["cell_type"] == "code")
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     assert "MBO_LAB_DATA_PATH" not in code and "get_settings().data_path" in code
     assert ".dashboard(" in code
     compile(code, str(nb), "exec")
@@ -855,6 +855,10 @@ def test_launch_serves_the_dashboard_on_the_file_and_stops_cleanly(tmp_path):
         ]
         status, page = _get(m.group(0))
         assert status == 200 and b"jupyter-config-data" in page
+        config = json.loads(re.search(rb'id="jupyter-config-data"[^>]*>\s*(\{.*?\})\s*</script>',
+                                      page, re.S).group(1))
+        # No "Jupyter news?" prompt over the dashboard.
+        assert "@jupyterlab/apputils-extension:announcements" in config["disabledExtensions"]
 
         # A kernel for the notebook: this environment's Python, with the file to show.
         status, body = _get(f"{base}/api/sessions", token, json.dumps({
