@@ -525,18 +525,33 @@ def test_inspector_shows_the_books_record_or_labels_another(session):
     ins = Inspector()
     fr = frames(session, 1, step=30)[0]
     mine = dict(fr.record, instrument_id=fr.instrument_id, publisher_id=fr.publisher_id)
+    other = dict(fr.record, instrument_id=fr.instrument_id + 1)
+    # without frame.book_record: the current record, labelled when it is another book's
+    if hasattr(fr, "book_record"):
+        fr = dataclasses.replace(fr, book_record=None)
     ins.update(dataclasses.replace(fr, record=mine))
     v = ins.widget.value
     assert "Last record of this book" in v and str(mine["order_id"]) in v and "Effect" in v
-    other = dict(fr.record, instrument_id=fr.instrument_id + 1)
     ins.update(dataclasses.replace(fr, record=other))
     v = ins.widget.value
     assert "another book" in v and f"{fr.instrument_id + 1}@" in v
     # with frame.book_record (contract B) the book's own record is shown
     fr2 = dataclasses.replace(fr, record=other)
-    fr2.book_record = mine
+    fr2.book_record = dict(mine, order_id=424242)
     ins.update(fr2)
+    assert "Last record of this book" in ins.widget.value and "424242" in ins.widget.value
+
+
+def test_inspector_uses_the_sessions_book_record(session):
+    fr = session.frame()
+    if getattr(fr, "book_record", None) is None:
+        pytest.skip("Frame.book_record (contract B) is not there yet")
+    ins = Inspector()
+    ins.update(fr)
+    r = fr.book_record
+    assert (r["instrument_id"], r["publisher_id"]) == (fr.instrument_id, fr.publisher_id)
     assert "Last record of this book" in ins.widget.value
+    assert str(r["order_id"]) in ins.widget.value
 
 
 def test_inspector_throttled_while_playing(session):
@@ -767,6 +782,7 @@ def test_dashboard_time_zone_choice(clx5):
     s = mbo_lab.open(clx5)
     dash = make_dash(s)
     assert [v for _, v in dash.tz_choice.options] == ["UTC", "America/Chicago"]
+    assert [k for k, _ in dash.tz_choice.options][1] == "time: exchange (America/Chicago)"
     assert dash.price.time_axis.label == "time (UTC)"
     utc = dict(dash.price.time_axis.tick_labels)
     dash.tz_choice.value = "America/Chicago"
@@ -816,8 +832,7 @@ def test_dashboard_embeds_the_liquidity_map(session):
         pytest.skip("mbo_lab/viz/liquidity_map.py is not there yet (contract E)")
     dash = Dashboard(session)
     assert dash.map is not None and isinstance(dash.map, cls)
-    main = dash.children[4]
-    assert main.children[0].children[0] is dash.map  # the first, largest panel
+    assert dash.main_row.children[0].children[0] is dash.map  # the first, largest panel
     dash.close()
 
 

@@ -363,6 +363,24 @@ def time_ticks(lo_s: float, hi_s: float, tz: str = "UTC", n: int = 5
     return values.astype(np.float64), labels
 
 
+def set_time_ticks(axis: Any, values: np.ndarray, labels: dict[str, str]) -> None:
+    """Give a bqplot ``Axis`` new tick values and their labels without a moment of
+    unlabelled ticks: first the labels of the old and the new values (one message), then
+    the new values (a second message). Sent together, bqplot 0.13 redraws the new values
+    with the previous labels and shows raw numbers (e.g. "1.7587437e+9") until the
+    next change."""
+    old = axis.tick_values if axis.tick_values is not None else np.zeros(0)
+    keep = {js_key(v) for v in old}
+    merged = {k: v for k, v in (axis.tick_labels or {}).items() if k in keep}
+    merged.update(labels)
+    if merged != axis.tick_labels:
+        axis.tick_labels = merged
+    if not np.array_equal(old, values):
+        axis.tick_values = values
+    if len(merged) > len(labels):
+        axis.tick_labels = dict(labels)
+
+
 # ---------------------------------------------------------------------------- price ticks
 def tick_decimals(tick: float) -> int:
     """Decimals of a price increment (0.01 -> 2, 0.25 -> 2, 5 -> 0)."""

@@ -41,28 +41,29 @@ class Controls(Part):
         self._quiet = False  # True while update() sets widget values
         self._slider_throttle = Throttle(slider_hz, clock)
         n = len(session)
-        btn = W.Layout(width="42px")
+        btn = W.Layout(width="36px")
         self.play_button = W.ToggleButton(value=bool(session.playing), description="Play",
                                           icon="play", tooltip="play / pause (kernel clock)",
-                                          layout=W.Layout(width="90px"))
+                                          layout=W.Layout(width="80px"))
         self.play_button.add_class("mbo-play")
         self.start_button = W.Button(icon="fast-backward", tooltip="to start", layout=btn)
         self.back_button = W.Button(icon="step-backward", tooltip="back n events", layout=btn)
         self.step_button = W.Button(icon="step-forward", tooltip="step n events", layout=btn)
         self.end_button = W.Button(icon="fast-forward", tooltip="to end", layout=btn)
         self.step_size = W.BoundedIntText(value=1, min=1, max=1_000_000, description="n",
-                                          layout=W.Layout(width="120px"),
+                                          layout=W.Layout(width="100px"),
                                           style={"description_width": "16px"})
         self.slider = W.IntSlider(value=max(0, session.record_index), min=0, max=max(0, n - 1),
                                   continuous_update=False, description="record",
-                                  readout_format=",d", layout=W.Layout(width="420px"))
+                                  readout_format=",d", layout=W.Layout(width="300px"),
+                                  style={"description_width": "44px"})
         self.slider.add_class("mbo-seek")
         speed = float(session.clock.speed)
         options = list(SPEEDS)
         if all(v != speed for _, v in options):
             options.append((_speed_label(speed), speed))
         self.speed = W.Dropdown(options=options, value=speed, description="speed",
-                                layout=W.Layout(width="150px"),
+                                layout=W.Layout(width="140px"),
                                 style={"description_width": "42px"})
         self.speed.add_class("mbo-speed")
         self.play_button.observe(self._on_play, "value")

@@ -82,7 +82,7 @@ class Dashboard(W.VBox):
     """
 
     def __init__(self, session: Any, levels: int = 10, *, fps: float | None = None,
-                 rows: int = 21, span: Any = "15min", tz: str | None = None,
+                 rows: int = 19, span: Any = "15min", tz: str | None = None,
                  liquidity_map: bool = True, heatmap: bool = False,
                  clock: Clock | None = None, compact: bool = True, **_old: Any):
         old = _LIVE.get(session)
@@ -106,7 +106,8 @@ class Dashboard(W.VBox):
         tick = session_tick(session)
         self.tick = tick
 
-        h_main, h_low = ("300px", "190px") if compact else ("420px", "260px")
+        h_main, h_low = ("300px", "170px") if compact else ("460px", "260px")
+        map_height = 170 if compact else 330  # the map's plot area (px)
         self.ladder = Ladder(rows, tick=tick, clock=clock, height=h_main)
         self.depth = DepthChart(self.levels, tick=tick, clock=clock, height=h_low)
         self.price = PriceChart(session, span_ns=span_ns, tick=tick, tz=self.tz, clock=clock,
@@ -126,8 +127,12 @@ class Dashboard(W.VBox):
                     params = inspect.signature(cls).parameters
                     if "time_zone" in params:
                         kw["time_zone"] = self.tz
-                    if "height" in params:
-                        kw["height"] = h_main
+                    if "height_px" in params:
+                        kw["height_px"] = map_height
+                    if "width_px" in params:
+                        kw["width_px"] = 800
+                    if "clock" in params and clock is not None:
+                        kw["clock"] = clock
                     self.map = cls(session, **kw)
                 except Exception as exc:  # noqa: BLE001 - the rest still works
                     self.map = None
@@ -138,13 +143,13 @@ class Dashboard(W.VBox):
         self.title = W.HTML()
         self.error_area = W.HTML(layout=W.Layout(width="100%"))
         self.error_area.add_class("mbo-errors")
-        self.tz_choice = W.ToggleButtons(
-            options=[("UTC", "UTC"), (f"exchange ({self.exchange_tz})", self.exchange_tz)]
-            if self.exchange_tz != "UTC" else [("UTC", "UTC")],
-            value=self.tz if self.tz in ("UTC", self.exchange_tz) else "UTC",
-            description="time", tooltips=["times in UTC", "times in the exchange's zone"],
-            style={"description_width": "32px", "button_width": "auto"},
-            layout=W.Layout(width="auto"))
+        zones = [("time: UTC", "UTC")]
+        if self.exchange_tz != "UTC":
+            zones.append((f"time: exchange ({self.exchange_tz})", self.exchange_tz))
+        self.tz_choice = W.Dropdown(
+            options=zones, value=self.tz if self.tz in [z for _, z in zones] else "UTC",
+            tooltip="zone of every time axis and time shown",
+            layout=W.Layout(width="250px"))
         self.tz_choice.add_class("mbo-tz")
         self.tz_choice.observe(self._on_tz, "value")
         header: list[W.Widget] = [self.title, self.tz_choice]
@@ -159,19 +164,23 @@ class Dashboard(W.VBox):
             self.book_selector.add_class("mbo-book")
             self.book_selector.observe(self._on_book, "value")
             header.insert(1, self.book_selector)
+        header.append(self.controls.widget)
 
         tabs = W.Tab(children=[self.stats.widget, self.inspector.widget],
-                     layout=W.Layout(width="32%", min_width="250px"))
+                     layout=W.Layout(width="30%", min_width="250px"))
         tabs.titles = ("Stats", "Record")
         tabs.add_class("mbo-side")
         ladder_box = W.Box([self.ladder.widget],
                            layout=W.Layout(width="360px", min_width="300px", flex="0 0 auto"))
+        if self.map is not None:
+            ladder_box.layout.height = "auto"
         first = self.map if self.map is not None else self.price.widget
         main = W.HBox([W.Box([first], layout=W.Layout(flex="1 1 auto", min_width="300px")),
-                       ladder_box], layout=W.Layout(width="100%"))
+                       ladder_box], layout=W.Layout(width="100%", overflow="hidden"))
+        self.main_row = main
         low: list[W.Widget] = []
         if self.map is not None:
-            low.append(W.Box([self.price.widget], layout=W.Layout(width="38%")))
+            low.append(W.Box([self.price.widget], layout=W.Layout(width="36%")))
         if self.heatmap is not None:
             low.append(W.Box([self.heatmap.widget], layout=W.Layout(width="30%")))
         low += [W.Box([self.depth.widget], layout=W.Layout(flex="1 1 auto", min_width="220px")),
@@ -181,12 +190,11 @@ class Dashboard(W.VBox):
             children=[
                 self.style_html,
                 W.HBox(header, layout=W.Layout(align_items="center", flex_flow="row wrap")),
-                self.controls.widget,
                 self.error_area,
                 main,
-                W.HBox(low, layout=W.Layout(width="100%")),
+                W.HBox(low, layout=W.Layout(width="100%", overflow="hidden")),
             ],
-            layout=W.Layout(width="100%", max_width="1600px"))
+            layout=W.Layout(width="100%", max_width="1600px", overflow="hidden"))
         self.add_class("mbo-dashboard")
         if self.errors:
             self._show_errors()
@@ -241,9 +249,10 @@ class Dashboard(W.VBox):
         self.tz = tz
         for part in (self.price, self.stats, self.inspector):
             part.set_time_zone(tz)
-        if self.map is not None and hasattr(self.map, "set_time_zone"):
+        zsel = getattr(self.map, "zone_select", None) if self.map is not None else None
+        if zsel is not None and tz in list(zsel.options) and zsel.value != tz:
             try:
-                self.map.set_time_zone(tz)
+                zsel.value = tz  # the map's own zone choice follows the dashboard's
             except Exception as exc:  # noqa: BLE001
                 self.show_error(exc, where="liquidity map")
         if self.tz_choice.value != tz and tz in [v for _, v in self.tz_choice.options]:

@@ -175,11 +175,12 @@ class Ladder(Part):
             c = f" class='{' '.join(cls)}'" if cls else ""
             rows.append(f"<tr{c}><td class='bc'>{bcum}</td>{bcell}<td class='p'>{p:,.{dec}f}"
                         f"</td>{acell}<td class='ac'>{acum}</td>{tr}</tr>")
-        return (head + "<table class='mbo-dom'><colgroup><col style='width:17%'>"
-                "<col style='width:21%'><col style='width:20%'><col style='width:21%'>"
-                "<col style='width:14%'><col style='width:7%'></colgroup>"
+        return (head + "<table class='mbo-dom'><colgroup><col style='width:14%'>"
+                "<col style='width:22%'><col style='width:19%'><col style='width:22%'>"
+                "<col style='width:13%'><col style='width:10%'></colgroup>"
                 "<tr><th>cum</th><th>bid (ord)</th><th>price</th><th>ask (ord)</th>"
-                "<th>cum</th><th>last</th></tr>" + "".join(rows) + "</table>")
+                "<th>cum</th><th title='last trade'>trd</th></tr>" + "".join(rows)
+                + "</table>")
 
     # ------------------------------------------------------------------ update
     def update(self, frame: Any) -> None:

@@ -22,6 +22,7 @@ from ._common import (
     figure,
     history,
     price_ticks,
+    set_time_ticks,
     span,
     time_ticks,
     zone_label,
@@ -46,7 +47,7 @@ class PriceChart(Part):
     frames it sees. Lines are sent at most ``max_hz`` times a second while playing.
     """
 
-    TITLE = "best bid (green) / ask (red); trades: buyer (green) / seller (red) aggressor"
+    TITLE = "Best bid / ask and trades (buyer green, seller red)"
 
     def __init__(self, session: Any = None, *, points: int = 300, span_ns: int = 15 * 60 * 10**9,
                  max_trades: int = 300, max_hz: float = 5.0, tick: float | None = None,
@@ -130,6 +131,9 @@ class PriceChart(Part):
         self._b = df["bid"].to_numpy(np.float64, copy=True)
         self._a = df["ask"].to_numpy(np.float64, copy=True)
         tr = df.attrs.get("trades")
+        if tr is not None and len(tr) and len(self._t):
+            # lines and trades on one window (the grid's first point starts it)
+            tr = tr[(tr.index.asi8 >= self._t[0]) & (tr.index.asi8 <= self._t[-1])]
         if tr is not None and len(tr):
             if len(tr) > self.max_trades:
                 keep = np.sort(np.argsort(-tr["size"].to_numpy(), kind="stable")
@@ -218,9 +222,7 @@ class PriceChart(Part):
             return
         vals, labels = time_ticks(self._xr.lo, self._xr.hi, self.tz, n=5)
         if len(vals):
-            with self.time_axis.hold_sync():
-                self.time_axis.tick_values = vals
-                self.time_axis.tick_labels = labels
+            set_time_ticks(self.time_axis, vals, labels)
 
     def _send(self) -> None:
         if not self._dirty or not len(self._t):
