@@ -857,6 +857,15 @@ def test_truncated_in_place_does_not_kill_the_process(clx5, tmp_path):
     assert "changed" in res.stdout
 
 
+def test_check_unchanged_survives_chdir(mapped, tmp_path, monkeypatch):
+    p, _ = mapped
+    monkeypatch.chdir(p.parent)
+    rel = load(p.name)
+    monkeypatch.chdir("/")
+    rel.check_unchanged()
+    assert len(rel.to_df()) == 20_000
+
+
 def test_iter_chunks_plain_stops_when_file_changes(clx5, tmp_path):
     import os
 
