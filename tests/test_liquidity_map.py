@@ -85,6 +85,14 @@ def test_time_ticks_sub_second_windows_show_milliseconds():
     assert all(lab.startswith("19:31:07.") for lab in labels.values())
 
 
+def test_time_ticks_sub_millisecond_window_has_one_tick():
+    origin = pd.Timestamp("2025-09-24", tz="UTC").value
+    s = pd.Timestamp("2025-09-24 19:31:07.123456789", tz="UTC").value
+    values, labels = time_ticks(s, s + 500, origin, "UTC")
+    assert len(values) == 1
+    assert labels[js_number_key(values[0])] == "19:31:07.123456"
+
+
 def test_color_cells_sides_cutoffs_and_scale():
     bid = np.array([[0.0, 1.0, 10.0, 100.0, np.nan]])
     ask = np.array([[5.0, 0.0, 20.0, 0.0, np.nan]])

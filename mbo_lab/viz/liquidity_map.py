@@ -100,8 +100,13 @@ def time_ticks(start_ns: int, end_ns: int, origin_ns: int, tz: str = "UTC",
               * 1e9)
     first = -((-(start_ns + off)) // step) * step - off  # ceil in local wall time
     ticks = np.arange(first, end_ns + 1, step, dtype=np.int64)
+    if len(ticks) == 0:  # a window shorter than a millisecond: one tick at its start
+        ticks = np.array([start_ns], dtype=np.int64)
+        step = 1
     if span > 86_400 * 10**9:
         fmt = "%m-%d %H:%M"
+    elif step < 10**6:
+        fmt = "%H:%M:%S.%f "  # microseconds (the trailing space keeps them all)
     elif step < 10**9:
         fmt = "%H:%M:%S.%f"
     elif step < 60 * 10**9:
@@ -109,7 +114,7 @@ def time_ticks(start_ns: int, end_ns: int, origin_ns: int, tz: str = "UTC",
     else:
         fmt = "%H:%M"
     idx = pd.DatetimeIndex(ticks.astype("datetime64[ns]")).tz_localize("UTC").tz_convert(tz)
-    labels = [s[:-3] if fmt.endswith("%f") else s for s in idx.strftime(fmt)]
+    labels = [s[:-3] if fmt.endswith("%f") else s.strip() for s in idx.strftime(fmt)]
     # rounded to the microsecond, so the float key is the same in Python and in JS
     values = np.round((ticks - int(origin_ns)) / 1e3) / 1e6
     return values.astype(np.float64), {js_number_key(v): lab for v, lab in zip(values, labels)}
@@ -931,7 +936,10 @@ class LiquidityMap(W.VBox):
         unsub, self._unsubscribe = getattr(self, "_unsubscribe", None), None
         if unsub is not None:
             unsub()
-        import bqplot as bq
+        try:
+            import bqplot as bq
+        except ImportError:  # interpreter shutting down (Widget.__del__)
+            return
 
         seen: set[int] = set()
 
