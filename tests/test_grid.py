@@ -334,3 +334,26 @@ def test_time_edges_and_price_grid():
     pe, m = price_grid(100 * PX, 140 * PX, 10, PX)
     assert m == 5 and pe[0] <= 100 * PX and pe[-1] > 140 * PX
     assert ((pe - pe[0]) % PX == 0).all()
+
+
+@pytest.mark.parametrize("window", ["day", "zoom"])
+def test_session_liquidity_equals_reference(window):
+    """End to end: kernel level log + checkpoints + accumulator == the reference book."""
+    recs = mbo_lab.synth_records(12_000, seed=9, clear_snapshot_every=4_000)
+    s = mbo_lab.open(recs, checkpoint_every=2_500)
+    iid, pub = s.instrument_id, s.publisher_id
+    ts = recs["ts_recv"].astype(np.int64)
+    if window == "day":
+        t0, t_end, bins = int(ts[0]), int(ts[-1]) + 1, 17
+    else:
+        t0, t_end, bins = int(ts[6_100]) + 1, int(ts[8_700]), 11
+    g = s.liquidity(t0, t_end, time_bins=bins, price_rows=30)
+    (twa, mx, vol, bbo), n = check_window(recs, iid, pub, t0, t_end, bins,
+                                          g.price_edges_fixed)
+    assert n > 100
+    np.testing.assert_allclose(np.stack([g.bid_twa, g.ask_twa]), twa, rtol=1e-12,
+                               equal_nan=True)
+    np.testing.assert_array_equal(np.stack([g.bid_max, g.ask_max]), mx)
+    np.testing.assert_array_equal(np.stack([g.buy_volume, g.sell_volume]), vol)
+    np.testing.assert_array_equal(g.to_frame("bbo").to_numpy().T, bbo)
+    assert np.isfinite(g.bid_twa).sum() > bins  # not an empty picture
