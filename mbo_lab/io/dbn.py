@@ -1050,7 +1050,9 @@ def _map_plain(fh: BinaryIO, where: str, allow_truncated: bool, check: bool) -> 
     if n == 0:
         return MboData(np.zeros(0, dtype=MBO_DTYPE), meta, truncated=msg is not None)
     mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    mapped = _MappedFile(path=os.path.abspath(where), mm=mm,  # absolute: survives chdir end=offset + n * RECORD_SIZE, size=size,
+    # the absolute path: a chdir after load() is not a change
+    mapped = _MappedFile(path=os.path.abspath(where), mm=mm, end=offset + n * RECORD_SIZE,
+                         size=size,
                          mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev)
     records = np.frombuffer(mm, dtype=MBO_DTYPE, count=n, offset=offset)
     if check:
