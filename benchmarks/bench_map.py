@@ -8,7 +8,8 @@ Opens a replay session on a DBN file (``--path`` or ``MBO_LAB_BENCH_PATH``; else
 the way the browser does: it sets the time/price scale domains (as bqplot's PanZoom does)
 and calls ``flush()`` (what the debounce timer calls), so the figure is the kernel's time
 from the zoom event to the widget messages written (query + colouring + serialization),
-without the debounce delay (``--debounce``, default 0.12 s, adds to it in a notebook).
+without the debounce delay (the map's ``debounce``, default 0.08 s after the last event of
+a gesture, adds to it in a notebook).
 
 Bytes are the real widget messages: every message the map's widgets publish is counted
 (JSON + binary buffers) by wrapping the comm's ``publish_msg``.

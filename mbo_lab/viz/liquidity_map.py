@@ -216,15 +216,15 @@ class LiquidityMap(W.VBox):
 
     After construction the first view (the whole stream) is on screen. Counters:
     ``updates`` (data updates sent), ``bytes_sent`` (array payload bytes of all of them),
-    ``last_bytes``, ``last_cells``, ``last_latency`` (seconds from the zoom event to the
-    data sent, debounce included), ``last_query_seconds``. ``window`` is the visible
+    ``last_bytes``, ``last_cells``, ``last_latency`` (seconds from the last zoom/pan event
+    of a gesture to the data sent, debounce included), ``last_query_seconds``. ``window`` is the visible
     ``(start_ns, end_ns, price_lo, price_hi)``; ``grid`` the last ``LiquidityGrid``.
     """
 
     def __init__(self, session: Any, *, width_px: int = 1000, height_px: int = 420,
                  max_cells: int = 250_000, min_row_px: float = 2.0, measure: str = "twa",
                  log_scale: bool = True, lower_pct: float = 5.0, upper_pct: float = 99.5,
-                 time_zone: str | None = None, debounce: float = 0.12,
+                 time_zone: str | None = None, debounce: float = 0.08,
                  cursor_hz: float = 5.0, max_trades: int = 2000,
                  max_large_orders: int = 200, show_profile: bool = True,
                  clock: Callable[[], float] | None = None):
@@ -740,8 +740,7 @@ class LiquidityMap(W.VBox):
         tv, tl = time_ticks(self._ns_of_x(xs), self._ns_of_x(xe), self.origin_ns,
                             self.time_zone)
         self._set_ticks(tv, tl)
-        if self._pending_since is None:
-            self._pending_since = self.clock()
+        self._pending_since = self.clock()  # the latest event of the gesture
         self._schedule()
 
     def _set_ticks(self, values: np.ndarray, labels: dict[str, str], *,
