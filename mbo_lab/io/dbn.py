@@ -666,8 +666,13 @@ _VALID_SIDES = frozenset(b"ABN")
 
 
 def _byte_counts(col: np.ndarray) -> np.ndarray:
-    """Counts (256,) of the byte values of an ``S1`` column (action/side)."""
-    return np.bincount(col.view(np.uint8), minlength=256)
+    """Counts (256,) of the byte values of an ``S1`` column (action/side), in blocks of
+    1M records (bounded temporaries)."""
+    codes = col.view(np.uint8)
+    out = np.zeros(256, dtype=np.int64)
+    for lo in range(0, len(codes), _CHECK_BLOCK):
+        out += np.bincount(codes[lo: lo + _CHECK_BLOCK], minlength=256)
+    return out
 
 
 def _label_counts(counts: np.ndarray) -> dict[str, int]:
