@@ -292,3 +292,22 @@ def test_close_unsubscribes(session):
     n = m.updates
     session.step(5)  # publishes: the closed map does not react
     assert m.updates == n
+
+
+def test_book_change_redraws_the_whole_day_of_the_new_book():
+    s = _Recording(mbo_lab.synth_records(30_000, seed=11), fps=240)
+    others = [b for b in s.books if b != (s.instrument_id, s.publisher_id)]
+    if not others:
+        pytest.skip("the synthetic stream has one book")
+    m = LiquidityMap(s, width_px=200, height_px=100, debounce=0)
+    try:
+        first = m.grid
+        n = len(s.calls)
+        s.select(*others[0])  # publishes a frame of the other book
+        assert len(s.calls) > n
+        assert (m.grid.instrument_id, m.grid.publisher_id) == others[0]
+        assert (first.instrument_id, first.publisher_id) != others[0]
+        ts = s.data.records["ts_recv"]
+        assert m.window[:2] == (int(ts[0]), int(ts[-1]) + 1)
+    finally:
+        m.close()
