@@ -357,3 +357,26 @@ def test_session_liquidity_equals_reference(window):
     np.testing.assert_array_equal(np.stack([g.buy_volume, g.sell_volume]), vol)
     np.testing.assert_array_equal(g.to_frame("bbo").to_numpy().T, bbo)
     assert np.isfinite(g.bid_twa).sum() > bins  # not an empty picture
+
+
+def test_liquidity_window_edges_and_errors():
+    recs = mbo_lab.synth_records(8_000, seed=12)
+    s = mbo_lab.open(recs)
+    ts = recs["ts_recv"].astype(np.int64)
+    # a window that starts before the data: bins before the book's first state are NaN
+    g = s.liquidity(int(ts[0]) - 10**9, int(ts[0]) + 10**9, time_bins=4, price_rows=8)
+    assert np.isnan(g.bid_twa[0]).all() and np.isnan(g.bid_close[0])
+    assert np.isfinite(g.bid_twa[-1]).all()
+    # after the data the last state holds until the window end
+    g = s.liquidity(int(ts[-1]), int(ts[-1]) + 10**9, time_bins=3, price_rows=8)
+    assert np.isfinite(g.bid_twa).all() and np.isfinite(g.bid_close).all()
+    assert g.records < s.checkpoint_every + 2
+    # pandas timestamps and strings work as bounds
+    t = pd.Timestamp(int(ts[4000]), tz="UTC")
+    g = s.liquidity(t, t + pd.Timedelta("1s"), time_bins=2, price_rows=4,
+                    price_lo=6000.0, price_hi=6001.0)
+    assert g.price_edges[0] <= 6000.0 and g.price_edges[-1] > 6001.0
+    for bad in (dict(start=int(ts[5]), end=int(ts[5])), dict(time_bins=0),
+                dict(tick_multiple=0), dict(price_lo=2.0, price_hi=1.0)):
+        with pytest.raises(mbo_lab.MboLabError):
+            s.liquidity(**bad)
