@@ -908,6 +908,13 @@ def test_non_ascii_action_and_side_are_shown_and_counted(clx5, tmp_path):
     assert (df["action"].astype(str).to_numpy()[10:] == recs["action"][10:].astype("U1")).all()
     clean = clx5[:1000].summary()
     assert clean["bad_action"] == 0 and clean["bad_side"] == 0
+    # the helpers other modules use instead of .decode() / astype("U1")
+    from mbo_lab.io.records import byte_char, byte_chars
+
+    assert [byte_char(x) for x in recs["action"][:10]] == df["action"].astype(str)[:10].tolist()
+    assert byte_char(0x41) == "A" and byte_char(b"\xff") == "\\xff"
+    assert byte_chars(recs["side"]).tolist() == df["side"].astype(str).tolist()
+    assert byte_chars(recs["side"].view(np.uint8)).tolist() == df["side"].astype(str).tolist()
 
 
 # ---- special inputs

@@ -55,6 +55,7 @@ from ..errors import (
     WrongSchemaError,
 )
 from .records import (
+    BYTE_LABELS,
     FIXED_PRICE_SCALE,
     MBO_DTYPE,
     RECORD_SIZE,
@@ -660,7 +661,7 @@ class _MappedFile:
         return None
 
 
-_BYTE_LABELS = [chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in range(256)]
+_BYTE_LABELS = BYTE_LABELS
 _VALID_ACTIONS = frozenset(b"ACMRTFN")
 _VALID_SIDES = frozenset(b"ABN")
 

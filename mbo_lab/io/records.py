@@ -41,6 +41,8 @@ __all__ = [
     "kernel_view",
     "empty_records",
     "flag_names",
+    "byte_char",
+    "byte_chars",
 ]
 
 #: Databento's MBO record (rtype 0xA0), 56 bytes, little-endian, packed.
@@ -115,6 +117,33 @@ _FLAG_NAMES = (
 def flag_names(flags: int) -> list[str]:
     """Names of the bits set in a record's ``flags`` byte, e.g. ``['LAST', 'SNAPSHOT']``."""
     return [name for bit, name in _FLAG_NAMES if flags & bit]
+
+
+#: One-letter label of every byte value: printable ASCII as itself, others as ``\\xNN``.
+BYTE_LABELS: tuple[str, ...] = tuple(
+    chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in range(256)
+)
+
+
+def byte_char(value: bytes | np.bytes_ | int) -> str:
+    """Label of an ``action``/``side`` byte that never raises: ``b"A"`` -> ``"A"``,
+    ``b"\\xff"`` -> ``"\\\\xff"`` (a 4-character string), ``b""`` (NUL in an S1 field)
+    -> ``"\\\\x00"``. Use it instead of ``.decode()`` on record bytes.
+    """
+    if isinstance(value, (int, np.integer)):
+        return BYTE_LABELS[int(value) & 0xFF]
+    return BYTE_LABELS[value[0]] if len(value) else BYTE_LABELS[0]
+
+
+def byte_chars(col: np.ndarray) -> np.ndarray:
+    """Labels (object array of str) of an ``S1`` or uint8 column; see :func:`byte_char`.
+    Instead of ``col.astype("U1")``, which raises on non-ASCII bytes."""
+    arr = np.asarray(col)
+    codes = arr.view(np.uint8) if arr.dtype.itemsize == 1 else arr.astype(np.uint8)
+    return _BYTE_LABELS_OBJ[codes]
+
+
+_BYTE_LABELS_OBJ = np.array(BYTE_LABELS, dtype=object)
 
 
 def px_to_float(px: np.ndarray | int) -> np.ndarray | float:
