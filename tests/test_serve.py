@@ -757,7 +757,7 @@ def test_cli_serve_standalone(tmp_path):
 
     async def main():
         async with aiohttp.ClientSession() as http:
-            for _ in range(300):
+            for _ in range(1200):
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/health") as r:
                         if r.status == 200:

@@ -580,3 +580,105 @@ def test_token_from_env_or_file_is_not_in_page_url(session, tmp_path, monkeypatc
             start(session, "0.0.0.0", 0)
 
     run(main())
+
+
+# ---------------------------------------------------------- 5. through jupyter-server-proxy
+@pytest.fixture(scope="module")
+def jupyter_proxy(tmp_path_factory):
+    """A real Jupyter server with jupyter-server-proxy on 127.0.0.1 (token auth)."""
+    pytest.importorskip("jupyter_server_proxy")
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    token = "jupyter-test-token-42"
+    root = tmp_path_factory.mktemp("jupyter")
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(root / "cfg"),
+           "JUPYTER_RUNTIME_DIR": str(root / "rt"), "JUPYTER_DATA_DIR": str(root / "data")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}",
+         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
+         "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}", "--allow-root"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    import urllib.request
+    ok = False
+    for _ in range(600):  # up to ~120 s on a loaded machine
+        if proc.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}",
+                                        timeout=2) as r:
+                ok = r.status == 200
+                break
+        except OSError:
+            time.sleep(0.2)
+    if not ok:
+        proc.kill()
+        err = proc.stderr.read().decode()[-3000:]
+        pytest.fail(f"jupyter server did not start: {err}")
+    try:
+        yield port, token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_through_jupyter_server_proxy(session, jupyter_proxy):
+    """Through a real jupyter-server-proxy: the record stream ends at the proxy byte limit
+    and resumes exactly; a client that went away stops holding a stream slot after the
+    proxy stream age (the proxy itself never tells us); the cookie is scoped to the
+    proxy prefix."""
+    jport, jtoken = jupyter_proxy
+    records = session.data.records
+
+    async def main():
+        async with serving(session, proxy_stream_bytes=600_000, proxy_stream_age=2.0,
+                           heartbeat=0.5) as (srv, http):
+            base = f"http://127.0.0.1:{jport}/proxy/{srv.port}/"
+            es = {"Accept": "text/event-stream"}
+            rows, last, rounds, reconnects = [], None, 0, 0
+            while rounds < 80:
+                rounds += 1
+                hdr = dict(es)
+                if last is not None:
+                    hdr["Last-Event-ID"] = str(last)
+                async with http.get(base + f"v1/stream/mbo?token={jtoken}",
+                                    headers=hdr) as r:
+                    if r.status == 204:
+                        break
+                    assert r.status == 200, await r.text()
+                    end = None
+                    async for ev in sse_events(r):
+                        if ev["event"] == "mbo":
+                            rows.extend(json.loads(ev["data"])["rows"])
+                            last = int(ev["id"])
+                        elif ev["event"] in ("reconnect", "end"):
+                            end = ev["event"]
+                    if end == "end":
+                        break
+                    assert end == "reconnect"
+                    reconnects += 1
+            assert [r[0] for r in rows] == list(range(len(records)))
+            assert reconnects >= 3
+
+            # a client that vanishes: the proxy keeps our stream open; the age limit ends it
+            s = raw(jport)
+            s.sendall(request(f"/proxy/{srv.port}/v1/stream/book?token={jtoken}",
+                              "Accept: text/event-stream", host=f"127.0.0.1:{jport}"))
+            assert await until(lambda: len(srv.streams) == 1, 20)
+            s.close()
+            t0 = time.monotonic()
+            assert await until(lambda: not srv.streams, 15)
+            gone_after = time.monotonic() - t0
+
+            # cookie scoped to the proxy prefix
+            async with http.post(base + f"v1/auth?token={jtoken}",
+                                 headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+                assert r.status == 200, await r.text()
+                assert f"Path=/proxy/{srv.port}/v1/" in r.headers["Set-Cookie"]
+            return gone_after
+
+    gone_after = run(main(), timeout=110)
+    assert gone_after < 6.0

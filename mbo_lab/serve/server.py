@@ -266,7 +266,10 @@ class Server:
                f"{html.escape(self.url)}</a> &mdash; streams: <code>v1/stream/mbo</code>, "
                f"<code>v1/stream/book</code>; API: <code>openapi.json</code>")
         if self.proxy_url:
-            out += (f"<br>via Jupyter: <a href='{html.escape(self.proxy_url)}' "
+            # Behind the proxy the Host is Jupyter's: the page needs the token (the
+            # fragment never reaches a server) to pass the DNS-rebinding guard.
+            plink = self.proxy_url + self.page_url[len(self.url):]
+            out += (f"<br>via Jupyter: <a href='{html.escape(plink)}' "
                     f"target='_blank'>{html.escape(self.proxy_url)}</a>")
         return out
 
