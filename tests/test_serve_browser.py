@@ -21,7 +21,9 @@ from mbo_lab.serve import run
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
-CHROMIUM = "/usr/bin/chromium"
+# Debian's launcher, else the binary it starts (some images ship only the latter)
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/lib/chromium/chromium")
+                 if os.path.exists(p)), "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 OUT = Path(__file__).resolve().parent.parent / "test-output"
@@ -48,7 +50,7 @@ def chromium():
 
 
 @pytest.fixture()
-def served():
+def served(request):
     """A session served from a background thread; the replay plays at 20x."""
     session = mbo_lab.open(mbo_lab.synth_records(60_000, seed=4))
     box: dict = {}
@@ -58,8 +60,9 @@ def served():
         box["srv"] = srv
         ready.set()
 
+    extra = getattr(request, "param", {})
     t = threading.Thread(target=run, args=(session, "127.0.0.1", 0, "browser-test-token"),
-                         kwargs={"speed": 20, "announce": announce}, daemon=True)
+                         kwargs={"speed": 20, "announce": announce, **extra}, daemon=True)
     t.start()
     assert ready.wait(60), "the server did not start"
     srv = box["srv"]
@@ -126,4 +129,39 @@ def test_page_shows_the_live_ladder_and_controls_the_replay(chromium, served):
         assert _text(page, "#msg") == ""
         assert not errors, errors
     finally:
+        page.close()
+
+
+@pytest.mark.parametrize("served", [{"max_streams": 1, "retry_ms": 300}], indirect=True)
+def test_page_recovers_when_the_server_was_at_its_stream_limit(chromium, served):
+    """At max_streams the page's EventSource gets `event: busy` + `retry:` and keeps
+    retrying (a 503 would end EventSource for good); once a slot frees, it goes live."""
+    import socket
+
+    session, srv = served
+    hold = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    hold.sendall(b"GET /v1/stream/book?max_hz=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Accept: text/event-stream\r\n\r\n")
+    t_end = time.monotonic() + 10
+    while len(srv.streams) < 1 and time.monotonic() < t_end:
+        time.sleep(0.05)
+    assert len(srv.streams) == 1
+    page = chromium.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(srv.page_url, wait_until="domcontentloaded", timeout=30_000)
+        page.wait_for_function(
+            "document.getElementById('status').textContent === 'server busy, retrying'",
+            timeout=20_000)
+        time.sleep(2.0)  # several busy answers and retries meanwhile
+        assert _text(page, "#status") == "server busy, retrying"
+        hold.close()  # the slot frees: the next retry gets the stream
+        page.wait_for_function("document.getElementById('status').textContent === 'live'",
+                               timeout=20_000)
+        page.wait_for_function("document.querySelectorAll('#ladder-body tr').length === 20",
+                               timeout=15_000)
+        assert not errors, errors
+    finally:
+        hold.close()
         page.close()
