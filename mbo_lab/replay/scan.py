@@ -118,25 +118,6 @@ def prev_of_book(recs, i, key):
 
 
 @njit(**_J)
-def last_trades(recs, i, key, n, out):
-    """Up to ``n`` indices of the book's Trade records at or before ``i``, oldest first,
-    into ``out``; returns how many (scans back at most 2M records)."""
-    k = 0
-    j = i
-    stop = max(-1, i - 2_000_000)
-    while j > stop and k < n:
-        r = recs[j]
-        if r.action == TRADE and \
-                ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) == key:
-            out[n - 1 - k] = j
-            k += 1
-        j -= 1
-    for q in range(k):
-        out[q] = out[n - k + q]
-    return k
-
-
-@njit(**_J)
 def trades_in(recs, lo, hi, key, out):
     """Indices of the book's Trade records in ``recs[lo:hi]`` into ``out`` (when it is
     large enough); returns the count."""

@@ -262,8 +262,12 @@ class Session:
         """Indices of the selected book's Trade records (built on first use per book)."""
         k = ("trades", int(self._key))
         if k not in self._lazy:
-            self._lazy[k] = views._trades(self, 0, len(self.data), self._key, None
-                                          )["record_index"].to_numpy()
+            out = np.zeros(1 << 16, np.int64)
+            n = int(scan.trades_in(self._kv, 0, len(self.data), self._key, out))
+            if n > len(out):
+                out = np.zeros(n, np.int64)
+                scan.trades_in(self._kv, 0, len(self.data), self._key, out)
+            self._lazy[k] = out[:n].copy()
         return self._lazy[k]
 
     def select(self, instrument_id: int, publisher_id: int | None = None) -> None:
@@ -381,10 +385,10 @@ class Session:
         top = self.engine.top(iid, pub, self.levels)
         i = self.record_index
         rec = self.data.records[i]
-        last = np.zeros(20, np.int64)
-        k = int(scan.last_trades(self._kv, i, self._key, 20, last))
+        bt = self._book_trades  # one pass per book on first use, then a binary search
+        t_hi = int(np.searchsorted(bt, i, "right"))
         trades = []
-        for j in last[:k]:
+        for j in bt[max(0, t_hi - 20): t_hi]:
             r = self.data.records[j]
             trades.append((int(r["ts_recv"]), float(px_to_float(int(r["price"]))),
                            int(r["size"]), r["side"].decode()))
