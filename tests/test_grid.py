@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import STEP, T0, build_records, rec
 
 import mbo_lab
 from mbo_lab.book.grid import (
@@ -18,8 +19,6 @@ from mbo_lab.book.grid import (
 )
 from mbo_lab.book.reference import Market
 from mbo_lab.io.records import F_LAST, F_TOB, SIDE_ASK, SIDE_BID, UNDEF_PRICE, kernel_view
-
-from conftest import STEP, T0, build_records, rec
 
 PX = 1_000_000_000  # 1.0 in fixed point
 

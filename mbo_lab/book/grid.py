@@ -375,7 +375,6 @@ def accumulate(recs, base, key, log, bbo_bid, bbo_ask, edges, plo, row_w, nrows,
     arguments are the accumulator state (see :class:`GridAccumulator`)."""
     nb = edges.shape[0] - 1
     t0 = edges[0]
-    t_end = edges[nb]
     nlog = log.shape[0]
     q = 0  # next log row
     p = 0  # next F_LAST row of the kernel output
