@@ -585,8 +585,9 @@ class Session:
         """The selected book's BBO on a regular grid of ``points`` times ending at the
         current record (``span_ns`` long, default 30 minutes, cut at the data start),
         computed by the kernel from checkpoints (not from played frames). Columns ``bid``,
-        ``ask``, ``mid`` (float; NaN when a side is empty, mid NaN when crossed); row ``k``
-        is the state in effect at its index time. ``df.attrs["trades"]`` holds the trades
+        ``ask``, ``mid`` (float; NaN when a side is empty, mid NaN when crossed); each row is
+        the book's state in effect 1 ns before its index time (the last row: the current
+        state). ``df.attrs["trades"]`` holds the trades
         of the same window (columns as :meth:`trades_between`), ``df.attrs["window"]``
         the window ``(t0, t_end)`` in ns."""
         return views.history(self, points, span_ns)
