@@ -198,24 +198,30 @@ _COMPRESSIONS = {"zstd": MBP_PARQUET, "snappy": {"compression": "snappy"},
 def cmd_mbp(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
-    from .book.engine import make_engine
+    from .book.build import every_ns, iter_frames
     from .config import check_levels, get_settings
-    from .store import ROW_GROUP_ROWS, book_columns, check_output_file, stream_source
+    from .store import ROW_GROUP_ROWS, book_columns, check_input, check_output_file
 
     s = get_settings(engine=args.engine, chunk_records=args.chunk_records)
     levels = check_levels(args.levels, s.chunk_records)
+    try:
+        every = every_ns(args.every)
+    except MboLabError as exc:
+        raise MboLabError(f"--every: {exc}") from None
+    sampled = every is not None or args.changes_only
+    if sampled and s.engine != "numba":
+        raise MboLabError("--every/--changes-only sample in the numba engine; drop "
+                          "--engine reference (or MBO_LAB_ENGINE=reference)")
     out, replaces = check_output_file(args.output, force=args.force,
                                       suffixes=(".parquet", ".csv"))
     fmt = ".csv" if out.name.lower().endswith(".csv") else ".parquet"
-    stream = stream_source(args.file, s.chunk_records)  # checks the input before opening
-    eng = make_engine(s.engine, levels=levels, trades=False)
-    sample = _sampling(args)
+    path = check_input(args.file)  # before anything opens it (no fifo hangs)
     tmp = out.with_name(out.name + ".part")
     writer = bg = None
     rows = 0
     t0 = time.perf_counter()
     try:
-        schema = _mbp_schema(levels, stream.symbols)
+        schema = _mbp_schema(levels, {})
         if fmt == ".csv":
             import pyarrow.csv as pacsv
 
@@ -225,22 +231,26 @@ def cmd_mbp(args: argparse.Namespace) -> int:
 
             writer = pq.ParquetWriter(str(tmp), schema, **_COMPRESSIONS[args.compression])
         bg = _BackgroundWriter(writer)
-        for chunk in stream.chunks:
-            if not len(chunk):
-                continue
-            fr = eng.apply(chunk.records, base_index=chunk.first_index)
-            if sample is not None:
-                fr = sample(fr, chunk)
-            syms = chunk.symbols or stream.symbols
-            for lo in range(0, len(fr), ROW_GROUP_ROWS):  # small slices: warm, reused memory
+        # the kernel writes column-major float prices and the records' fields into buffers
+        # reused for every chunk: nothing grows with the file
+        frames = iter_frames(path, levels, s.engine, s.chunk_records, progress=False,
+                             every=every, changes_only=args.changes_only, reuse=True,
+                             price_type="float")
+        for chunk, fr in frames:
+            syms = chunk.symbols
+            for lo in range(0, len(fr), ROW_GROUP_ROWS):  # row groups of <= 128Ki states
                 r = slice(lo, min(len(fr), lo + ROW_GROUP_ROWS))
-                rec = chunk.records[fr.index[r] - chunk.first_index]
+                if fr.fields is not None:
+                    rec = {k: v[r] for k, v in fr.fields.items()}
+                else:
+                    rec = chunk.records[fr.index[r] - chunk.first_index]
                 tbl = pa.table(book_columns(fr, r, rec, levels, syms, fixed=False))
                 if tbl.schema != schema:
                     tbl = tbl.cast(schema)
                 bg.write(tbl)  # encoded in a second thread while the next slice is built
                 rows += tbl.num_rows
-            del fr  # each chunk's output is written and dropped
+            bg.drain()  # the buffers are reused for the next chunk: its tables are written
+            del fr
         bg.close()
         writer = None
         os.replace(tmp, out)
@@ -253,7 +263,10 @@ def cmd_mbp(args: argparse.Namespace) -> int:
         _discard(bg, writer, tmp)
         raise
     note = " (replaced the existing file)" if replaces else ""
-    print(f"wrote {rows:,} book states ({levels} levels) to {out}{note} "
+    how = ("every F_LAST" if not sampled else
+           ", ".join(x for x in (f"last per {args.every}" if every else "",
+                                 "changes only" if args.changes_only else "") if x))
+    print(f"wrote {rows:,} book states ({levels} levels, {how}) to {out}{note} "
           f"in {time.perf_counter() - t0:.2f} s")
     return 0
 
@@ -276,13 +289,23 @@ class _BackgroundWriter:
     def _run(self) -> None:
         while True:
             tbl = self.q.get()
-            if tbl is None:
-                return
-            if self.error is None and not self.stopped:
-                try:
-                    self.writer.write_table(tbl)
-                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                    self.error = exc
+            try:
+                if tbl is None:
+                    return
+                if self.error is None and not self.stopped:
+                    try:
+                        self.writer.write_table(tbl)
+                    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                        self.error = exc
+            finally:
+                del tbl
+                self.q.task_done()
+
+    def drain(self) -> None:
+        """Wait until every queued table is written (their buffers may then be reused)."""
+        self.q.join()
+        if self.error is not None:
+            raise self.error
 
     def write(self, tbl) -> None:
         if self.error is not None:
@@ -316,17 +339,6 @@ def _discard(bg: _BackgroundWriter | None, writer, tmp: Path) -> None:
         except Exception:  # noqa: BLE001 - best effort on the error path
             pass
     tmp.unlink(missing_ok=True)
-
-
-def _sampling(args: argparse.Namespace):
-    """``--every`` / ``--changes-only`` (contract F, decided in the kernel's build module);
-    None when neither is given."""
-    every = getattr(args, "every", None)
-    changes = getattr(args, "changes_only", False)
-    if every is None and not changes:
-        return None
-    raise MboLabError("--every/--changes-only need the kernel's sampling (not available in "
-                      "this version); run without them")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -457,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--engine", default=None, choices=["numba", "reference"], help=engine_help)
     m.add_argument("--chunk-records", type=int, default=None,
                    help="records per chunk (memory is bounded by it; default 1Mi)")
+    m.add_argument("--every", default=None,
+                   help="keep the last state of each book per time bin (ts_recv), e.g. "
+                        "100ms, 1s (sampled in the kernel)")
+    m.add_argument("--changes-only", action="store_true",
+                   help="keep only states whose published top-N (prices, sizes, counts, "
+                        "cross) changed for that book")
     m.add_argument("--compression", default="zstd", choices=sorted(_COMPRESSIONS),
                    help="Parquet compression: zstd (default, level 1, dictionary pages), "
                         "snappy, or none (fastest, about 5x larger)")

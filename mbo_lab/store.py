@@ -394,14 +394,23 @@ def book_columns(fr: BookFrames, rows: np.ndarray | slice | None, rec: np.ndarra
     if ts_bin is not None:
         cols["ts_bin"] = _ts(ts_bin)
 
-    def pick(a: np.ndarray) -> np.ndarray:
-        a = a[:, :levels] if rows is None else a[rows, :levels]
-        return np.ascontiguousarray(a.T)  # one transpose: each level a contiguous column
+    def pick(a: np.ndarray) -> list[np.ndarray]:
+        """One array per level (zero-copy views of column-major kernel output)."""
+        a = a if rows is None else a[rows]
+        if a.flags.c_contiguous and a.shape[1] > 1:  # row-major: one transpose
+            a = np.ascontiguousarray(a[:, :levels].T).T
+        return [a[:, k] for k in range(levels)]
 
     sides = []
     for side in ("bid", "ask"):
         px = pick(getattr(fr, f"{side}_px"))
-        sides.append((side, px, _float_px(px), pick(getattr(fr, f"{side}_sz")),
+        if px and px[0].dtype.kind == "f":  # the kernel wrote float prices already
+            if fixed:
+                raise StoreError("book_columns(fixed=True) needs int64 fixed-point prices")
+            pxf = px
+        else:
+            pxf = [_float_px(p) for p in px]
+        sides.append((side, px, pxf, pick(getattr(fr, f"{side}_sz")),
                       pick(getattr(fr, f"{side}_ct"))))
     for k in range(levels):
         for side, _, pxf, _, _ in sides:

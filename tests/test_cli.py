@@ -353,3 +353,30 @@ def test_lab_verb_calls_launch_main(monkeypatch, tmp_path, capsys):
     monkeypatch.delattr(mbo_lab, "launch", raising=False)
     assert main(["lab"]) == 2
     assert "not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("opts,kw", [(["--every", "50ms"], {"every": "50ms"}),
+                                     (["--changes-only"], {"changes_only": True}),
+                                     (["--every", "1s", "--changes-only"],
+                                      {"every": "1s", "changes_only": True})])
+def test_mbp_sampling_options_match_the_api(opts, kw, tmp_path, capsys):
+    """`mbo-lab mbp --every/--changes-only` (small chunks, so bins span chunks) writes the
+    states mbo_lab.mbp(every=, changes_only=) returns (the kernel's sampling, itself
+    checked against the reference book in the kernel's tests)."""
+    f = mbo_lab.write_synth(tmp_path / "s.dbn", 30_000, seed=6, progress=False)
+    out = tmp_path / "o.parquet"
+    assert main(["mbp", str(f), "--levels", "3", "-o", str(out), "--chunk-records", "1700",
+                 *opts]) == 0
+    got = pd.read_parquet(out)
+    want = mbo_lab.mbp(f, levels=3, **kw)
+    full = mbo_lab.mbp(f, levels=3)
+    assert 0 < len(got) < len(full)
+    assert sorted(got["record_index"]) == sorted(want["record_index"])
+    g = got.set_index("record_index").sort_index()
+    w = want.set_index("record_index").sort_index()
+    for c in ("bid_px_02", "ask_px_00"):
+        np.testing.assert_allclose(g[c].to_numpy(), w[c].to_numpy(), equal_nan=True)
+    for c in ("ask_sz_01", "bid_ct_00"):
+        np.testing.assert_array_equal(g[c].to_numpy(), w[c].to_numpy())
+    assert main(["mbp", str(f), "-o", str(tmp_path / "b.parquet"), "--every", "soon"]) == 2
+    assert "--every" in capsys.readouterr().err
