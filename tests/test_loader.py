@@ -745,6 +745,22 @@ def test_zstd_bomb_rejected_early_with_bounded_memory(clx5_raw, tmp_path, kind, 
         assert "record 1 has rtype 0x00" in str(err.value)
 
 
+def test_metadata_length_bomb_rejected_at_once(clx5_raw, tmp_path):
+    import tracemalloc
+
+    head = b"DBN\x03" + struct.pack("<I", 200 << 20)  # claims 200 MiB of metadata
+    p = write(tmp_path / "meta_bomb.dbn.zst", zero_bomb(head, 208 << 20))
+    tracemalloc.start()
+    try:
+        for how, fn in readers(p):
+            with pytest.raises(NotDbnError, match="bytes of metadata"):
+                fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
 def test_iter_chunks_zst_memory_is_bounded(tmp_path):
     import tracemalloc
 

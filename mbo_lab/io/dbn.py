@@ -957,6 +957,10 @@ def _to_ns(value: Any) -> int:
 # --------------------------------------------------------------------------- load
 
 
+_META_RATIO_FROM = 16 << 20   # metadata above this size must not expand more than ...
+_META_RATIO = 64              # ... this many times the whole compressed file
+
+
 class _ZstDbn:
     """A ``.dbn.zst`` being decompressed: metadata first (checked early), then the body."""
 
@@ -970,6 +974,13 @@ class _ZstDbn:
             head += piece
             if meta_len is None and len(head) >= 8:
                 version, meta_len = _parse_prelude(head[:8], where)
+                comp_size = os.fstat(fh.fileno()).st_size
+                if meta_len > _META_RATIO_FROM and meta_len > _META_RATIO * comp_size:
+                    raise NotDbnError(
+                        f"{where}: the DBN header claims {meta_len:,} bytes of metadata in "
+                        f"a {comp_size:,}-byte compressed file (no real metadata compresses "
+                        f"{_META_RATIO}x): the file is damaged or not DBN; download it again."
+                    )
             if meta_len is not None and len(head) >= 8 + meta_len:
                 break
         if meta_len is None:   # fewer than 8 bytes
