@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import build_records
+from conftest import build_records, rec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_reference import CASES
@@ -529,8 +529,8 @@ def check_level_log(records: np.ndarray, iid: int, pub: int, cuts=(), start: int
     bpx, bsz, bct, apx, asz, act_ = ne.book_levels(iid, pub)
     m = Market()
     fields = list(_iter_fields(records))
-    for rec in fields[:start]:
-        m.apply(*rec)
+    for row in fields[:start]:
+        m.apply(*row)
     ref = m.books.get((iid, pub))
     if ref is None:
         assert len(bpx) == len(apx) == 0
@@ -556,8 +556,8 @@ def check_level_log(records: np.ndarray, iid: int, pub: int, cuts=(), start: int
     rows = log.tolist()
     j = 0
     for i in range(start, len(records)):
-        rec = fields[i]
-        m.apply(*rec)
+        row = fields[i]
+        m.apply(*row)
         while j < len(rows) and rows[j][0] == i:
             _, side, px, sz = rows[j]
             if sz:
@@ -566,9 +566,9 @@ def check_level_log(records: np.ndarray, iid: int, pub: int, cuts=(), start: int
                 assert levels.pop((side, px), None) is not None, f"record {i}: removed " \
                     "a level that did not exist"
             j += 1
-        if (rec[0], rec[1]) != (iid, pub):
+        if (row[0], row[1]) != (iid, pub):
             continue
-        if every_record or rec[7] & F_LAST:
+        if every_record or row[7] & F_LAST:
             assert levels == _ref_levels(m.book(iid, pub)), f"record {i}"
     assert j == len(rows)
     return len(rows)
@@ -636,3 +636,71 @@ def test_property_level_log(rows, data):
     cuts = data.draw(st.lists(st.integers(1, max(1, len(recs) - 1)), max_size=5))
     start = data.draw(st.integers(0, len(recs)))
     check_level_log(recs, iid, pub, cuts=cuts, start=start)
+
+
+# --------------------------------------------------------------------------- hash seeding
+
+_M64 = (1 << 64) - 1
+
+
+def _crafted_ids(k0: int, k1: int, n: int, book: int = 0) -> list[int]:
+    """Order ids whose home row is 0 in every table of up to 2**24 rows under the seeds
+    ``(k0, k1)``: the kernel's mix inverted step by step."""
+    from mbo_lab.book import kernel as K
+
+    mix1, mix2 = int(K._MIX1), int(K._MIX2)
+    inv2, inv1 = pow(mix2, -1, 1 << 64), pow(k1 & _M64, -1, 1 << 64)
+    out = []
+    for j in range(1, n + 1):
+        h = (j << 24) & _M64
+        h = h ^ (h >> 29) ^ (h >> 58)  # undo h ^= h >> 29
+        h = (h * inv2) & _M64  # undo * MIX2
+        h = h ^ (h >> 32)  # undo h ^= h >> 32
+        x = (h * inv1) & _M64  # undo * k1
+        out.append(x ^ (k0 & _M64) ^ ((book * mix1) & _M64))
+    return out
+
+
+def test_order_hash_is_seeded_against_crafted_ids():
+    from mbo_lab.book import kernel as K
+
+    n = 3_000
+    known = BookState(seed=123)
+    k0, k1 = (int(x) for x in known.seeds)
+    ids = _crafted_ids(k0, k1, n)
+    rows = [rec("A", "B", (100 + i % 7) * PX, 1, oid, flags=0) for i, oid in enumerate(ids)]
+    rows.append(rec("C", "B", 100 * PX, 1, ids[0]))
+    recs = build_records(rows)
+
+    # against the seeds they were made for, the ids pile onto one row (the attack works)
+    ne = NumbaEngine(levels=2, state=known)
+    ne.apply(recs[:-1])
+    worst, total = K.probe_stats(known.arrays["meta"], known.arrays["oh"])
+    assert worst >= n - 1 and total >= n * (n - 1) // 2
+
+    # a fresh state draws other seeds: the same ids scatter, and results are unchanged
+    fresh = BookState()
+    assert (int(fresh.seeds[0]), int(fresh.seeds[1])) != (k0, k1)
+    assert int(fresh.seeds[1]) & 1 == 1
+    ne, re, got, want = compare(recs, levels=2, state=fresh)
+    worst, total = K.probe_stats(fresh.arrays["meta"], fresh.arrays["oh"])
+    assert ne.state.live_orders == n - 1
+    assert worst < 40 and total < 2 * n, (worst, total)
+
+    # checkpoints keep the seeds: a copy continues exactly like the original
+    ckpt = fresh.copy()
+    assert [int(x) for x in ckpt.seeds] == [int(x) for x in fresh.seeds]
+    more = build_records([rec("C", "B", 100 * PX, 1, oid) for oid in ids[1:50]])
+    f1 = NumbaEngine(levels=2, state=ckpt).apply(more, base_index=0)
+    f2 = ne.apply(more, base_index=0)
+    assert_frames_equal(f1, f2)
+    assert np.array_equal(ckpt.arrays["oh"], fresh.arrays["oh"])
+
+
+def test_book_hash_is_seeded():
+    """Many instrument ids: every book is found again after growth, in any state."""
+    rows = [rec("A", "B", 100 * PX, 1, 1, iid=(j << 20) + 1, pub=1) for j in range(300)]
+    recs = build_records(rows)
+    compare(recs, levels=1, state=BookState(books=1))
+    a, b = BookState(), BookState()
+    assert [int(x) for x in a.seeds] != [int(x) for x in b.seeds]

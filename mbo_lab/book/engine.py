@@ -287,7 +287,7 @@ class NumbaEngine:
             return None
         a = self.state.arrays
         oid = np.uint64(order_id).view(np.int64) if order_id >= 2**63 else np.int64(order_id)
-        o = int(K.order_find(a["oh"], a["ords"], oid, b))
+        o = int(K.order_find(a["oh"], a["ords"], oid, b, *self.state.seeds))
         if o < 0:
             return None
         row = a["ords"][o]

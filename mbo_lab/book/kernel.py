@@ -19,6 +19,9 @@ Layout (all int64)
   columns: one 64-byte row per level); ``lvl_free`` is a stack of free rows.
 * ``ords (O, 8)``: order id, segment, price, size, level, prev, next, add time (ns) -- one
   64-byte row per order; ``ord_free`` is a stack of free rows.
+* Both hashes are keyed by two random seeds of the state (``meta[M_SEED0]``,
+  ``meta[M_SEED1]``), drawn per state from the OS, copied by checkpoints: a hostile file
+  cannot choose order ids (or instrument ids) that all land on one home row.
 * ``oh (H, 2)``: linear-probing hash ``(order_id, book) -> order slot``: row
   ``(order_id, book << 32 | slot)``, ``-1`` = empty, so a probe never reads ``ords``. Kept
   at most half full (it grows with the live orders, not with ``ords``), backward-shift
@@ -85,8 +88,10 @@ M_LVL_FREE = 2  # free level rows on the stack
 M_SEG_USED = 3  # pool rows handed out to segments
 M_LIVE = 4  # live orders (= occupied order-hash entries)
 M_SEG_FULL = 5  # segment that needs room (with NEED_SEGMENT; -1: room for a new book)
-M_LAST_KEY = 6  # unused (kept for compatibility)
-M_LAST_BOOK = 7  # unused (kept for compatibility)
+M_SEED0 = 6  # hash seed xored into keys (random per state, copied by checkpoints)
+M_SEED1 = 7  # hash seed multiplier (odd)
+M_LAST_KEY = M_SEED0  # old names of the two slots
+M_LAST_BOOK = M_SEED1
 N_META = 8
 
 # anomaly counters, same order as reference.COUNTER_NAMES
@@ -127,17 +132,23 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy", _nrt=False)
 
 
 @njit(inline="always", **_JIT)
-def _ohash(oid, b, mask):
-    h = (np.uint64(oid) ^ (np.uint64(b) * _MIX1)) * _MIX2
+def _ohash(oid, b, mask, k0, k1):
+    """Home row of ``(oid, book b)`` in a table of ``mask + 1`` rows, keyed by the state's
+    random seeds ``k0`` and ``k1`` (odd): the key enters through a multiply and the high
+    bits are folded down before the second multiply, so ids crafted to share a row under
+    one seed (or under an unkeyed mix) scatter under another."""
+    h = (np.uint64(oid) ^ np.uint64(k0) ^ (np.uint64(b) * _MIX1)) * np.uint64(k1)
+    h = h ^ (h >> np.uint64(32))
+    h = h * _MIX2
     h = h ^ (h >> np.uint64(29))
     return np.int64(h & np.uint64(mask))
 
 
 @njit(**_JIT)
-def order_find(oh, ords, oid, b):
+def order_find(oh, ords, oid, b, k0, k1):
     """Order slot of ``(order_id, book)`` (order id as int64 bits) or -1."""
     mask = oh.shape[0] - 1
-    i = _ohash(oid, b, mask)
+    i = _ohash(oid, b, mask, k0, k1)
     while True:
         t = oh[i, 1]
         if t < 0:
@@ -148,9 +159,9 @@ def order_find(oh, ords, oid, b):
 
 
 @njit(inline="always", **_JIT)
-def _oh_put(oh, oid, b, slot):
+def _oh_put(oh, oid, b, slot, k0, k1):
     mask = oh.shape[0] - 1
-    i = _ohash(oid, b, mask)
+    i = _ohash(oid, b, mask, k0, k1)
     while oh[i, 1] >= 0:
         i = (i + 1) & mask
     oh[i, 0] = oid
@@ -158,7 +169,7 @@ def _oh_put(oh, oid, b, slot):
 
 
 @njit(inline="always", **_JIT)
-def _oh_del_at(oh, i, mask):
+def _oh_del_at(oh, i, mask, k0, k1):
     """Empty row ``i`` of the order hash (backward-shift deletion)."""
     j = i
     while True:
@@ -166,7 +177,7 @@ def _oh_del_at(oh, i, mask):
         t = oh[j, 1]
         if t < 0:
             break
-        k = _ohash(oh[j, 0], t >> TAG_SHIFT, mask)
+        k = _ohash(oh[j, 0], t >> TAG_SHIFT, mask, k0, k1)
         if ((j - k) & mask) >= ((j - i) & mask):
             oh[i, 0] = oh[j, 0]
             oh[i, 1] = t
@@ -175,30 +186,30 @@ def _oh_del_at(oh, i, mask):
 
 
 @njit(inline="always", **_JIT)
-def _oh_del(oh, ords, slot):
+def _oh_del(oh, ords, slot, k0, k1):
     """Remove the entry of order ``slot``."""
     mask = oh.shape[0] - 1
     oid = ords[slot, O_ID]
-    i = _ohash(oid, ords[slot, O_SEG] >> 1, mask)
+    i = _ohash(oid, ords[slot, O_SEG] >> 1, mask, k0, k1)
     while (oh[i, 1] & SLOT_MASK) != slot or oh[i, 0] != oid:
         i = (i + 1) & mask
-    _oh_del_at(oh, i, mask)
+    _oh_del_at(oh, i, mask, k0, k1)
 
 
 @njit(**_JIT)
-def rehash_orders(old, new, ords):
+def rehash_orders(old, new, ords, k0, k1):
     """Move every entry of order hash ``old`` into the (larger, empty) table ``new``."""
     for i in range(old.shape[0]):
         t = old[i, 1]
         if t >= 0:
-            _oh_put(new, old[i, 0], t >> TAG_SHIFT, t & SLOT_MASK)
+            _oh_put(new, old[i, 0], t >> TAG_SHIFT, t & SLOT_MASK, k0, k1)
 
 
 @njit(**_JIT)
-def book_find(bk_hash, key):
+def book_find(bk_hash, key, k0, k1):
     """Book index of ``key = (instrument_id << 16 | publisher_id) + 1`` or -1."""
     mask = bk_hash.shape[0] - 1
-    i = _ohash(key, 0, mask)
+    i = _ohash(key, 0, mask, k0, k1)
     while True:
         k = bk_hash[i, 0]
         if k == 0:
@@ -209,9 +220,9 @@ def book_find(bk_hash, key):
 
 
 @njit(**_JIT)
-def book_put(bk_hash, key, b):
+def book_put(bk_hash, key, b, k0, k1):
     mask = bk_hash.shape[0] - 1
-    i = _ohash(key, 0, mask)
+    i = _ohash(key, 0, mask, k0, k1)
     while bk_hash[i, 0] != 0:
         i = (i + 1) & mask
     bk_hash[i, 0] = key
@@ -229,13 +240,15 @@ def _side_key(is_ask, price):
 @njit(**_JIT)
 def _clear_segment(meta, seg, pool, lvl, lvl_free, ords, ord_free, oh, s):
     """Remove every level and order of segment ``s``."""
+    k0 = meta[M_SEED0]
+    k1 = meta[M_SEED1]
     start = seg[s, S_START]
     for p in range(seg[s, S_LEN]):
         lv = pool[start + p, 1]
         o = lvl[lv, L_HEAD]
         while o >= 0:
             nxt = ords[o, O_NEXT]
-            _oh_del(oh, ords, o)
+            _oh_del(oh, ords, o, k0, k1)
             meta[M_LIVE] -= 1
             ord_free[meta[M_ORD_FREE]] = o
             meta[M_ORD_FREE] += 1
@@ -373,7 +386,7 @@ def _append_f(LV, OR, lv, o, sz):
 
 
 @njit(inline="always", **_JIT)
-def _oh_del_f(OH, i, mask):
+def _oh_del_f(OH, i, mask, k0, k1):
     """Empty row ``i`` of the (flat) order hash, backward-shift deletion."""
     j = i
     while True:
@@ -381,7 +394,7 @@ def _oh_del_f(OH, i, mask):
         t = OH[np.uint64(2 * j + 1)]
         if t < 0:
             break
-        k = _ohash(OH[np.uint64(2 * j)], t >> TAG_SHIFT, mask)
+        k = _ohash(OH[np.uint64(2 * j)], t >> TAG_SHIFT, mask, k0, k1)
         if ((j - k) & mask) >= ((j - i) & mask):
             OH[np.uint64(2 * i)] = OH[np.uint64(2 * j)]
             OH[np.uint64(2 * i + 1)] = t
@@ -411,9 +424,9 @@ def _log_clear(LG, n_log, i, SG, P, LV, s):
 
 
 @njit(inline="always", **_JIT)
-def _book_probe(BH, key, bkmask):
+def _book_probe(BH, key, bkmask, k0, k1):
     """Book index of ``key`` in the flat book hash ``BH`` (-1: not created yet)."""
-    hb = _ohash(key, 0, bkmask)
+    hb = _ohash(key, 0, bkmask, k0, k1)
     while True:
         kb = BH[np.uint64(2 * hb)]
         if kb == key:
@@ -424,21 +437,21 @@ def _book_probe(BH, key, bkmask):
 
 
 @njit(inline="always", **_JIT)
-def _peek(recs, j, BH, bkmask, OH, ohmask):
+def _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1):
     """Book of record ``j`` (-1: none yet) and the home row of its order in the order
     hash, which is prefetched."""
     r = recs[np.uint64(j)]
     key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
-    b = _book_probe(BH, key, bkmask)
-    h = _ohash(np.int64(r.order_id), b, ohmask)
+    b = _book_probe(BH, key, bkmask, k0, k1)
+    h = _ohash(np.int64(r.order_id), b, ohmask, k0, k1)
     _prefetch(OH, np.uint64(2 * h))
     return b, h
 
 
 @njit(**_JIT)
-def _peek_call(recs, j, BH, bkmask, OH, ohmask):
+def _peek_call(recs, j, BH, bkmask, OH, ohmask, k0, k1):
     """:func:`_peek` as a call (not inlined), for the few look-ups before the loop."""
-    return _peek(recs, j, BH, bkmask, OH, ohmask)
+    return _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -673,9 +686,11 @@ def write_levels(seg, pool, lvl, b, nlev, row, out_bpx, out_bsz, out_bct, out_ap
 
 @njit(**_JIT)
 def _book_create(meta, bk_hash, bk_info, seg, key):
+    k0 = meta[M_SEED0]
+    k1 = meta[M_SEED1]
     b = meta[M_NBOOKS]
     meta[M_NBOOKS] = b + 1
-    book_put(bk_hash, key, b)
+    book_put(bk_hash, key, b, k0, k1)
     bk_info[b, 0] = (key - 1) >> 16
     bk_info[b, 1] = (key - 1) & 0xFFFF
     for side in range(2):
@@ -751,6 +766,8 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
     OAC = out_act.reshape(out_act.size)
     ohmask = oh.shape[0] - 1
     hash_limit = oh.shape[0] >> 1
+    k0 = meta[M_SEED0]
+    k1 = meta[M_SEED1]
     bkmask = bk_hash.shape[0] - 1
     want_trades = trade_idx.shape[0] > 0
     nofree = meta[M_ORD_FREE]
@@ -766,10 +783,10 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
     b3, h3 = np.int64(-1), np.int64(0)
     b4, h4 = np.int64(-1), np.int64(0)
     if stop > start:
-        b1, h1 = _peek_call(recs, start, BH, bkmask, OH, ohmask)
-        b2, h2 = _peek_call(recs, min(start + 1, last), BH, bkmask, OH, ohmask)
-        b3, h3 = _peek_call(recs, min(start + 2, last), BH, bkmask, OH, ohmask)
-        b4, h4 = _peek_call(recs, min(start + 3, last), BH, bkmask, OH, ohmask)
+        b1, h1 = _peek_call(recs, start, BH, bkmask, OH, ohmask, k0, k1)
+        b2, h2 = _peek_call(recs, min(start + 1, last), BH, bkmask, OH, ohmask, k0, k1)
+        b3, h3 = _peek_call(recs, min(start + 2, last), BH, bkmask, OH, ohmask, k0, k1)
+        b4, h4 = _peek_call(recs, min(start + 3, last), BH, bkmask, OH, ohmask, k0, k1)
     for i in range(start, stop):
         r = recs[np.uint64(i)]
         act = r.action
@@ -780,14 +797,14 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
         b1, h1 = b2, h2
         b2, h2 = b3, h3
         b3, h3 = b4, h4
-        b4, h4 = _peek(recs, min(i + 4, last), BH, bkmask, OH, ohmask)
+        b4, h4 = _peek(recs, min(i + 4, last), BH, bkmask, OH, ohmask, k0, k1)
         # the order row of record i+1 (if its home hash row holds it) into cache
         t1 = OH[np.uint64(2 * h1 + 1)]
         _prefetch(OR, np.uint64((t1 & SLOT_MASK) * N_OCOLS if t1 >= 0 else 0))
         if b < 0:
             # ---- the record's book (-1: not created yet)
-            b = _book_probe(BH, key, bkmask)
-            hhome = _ohash(np.int64(r.order_id), b, ohmask)
+            b = _book_probe(BH, key, bkmask, k0, k1)
+            hhome = _ohash(np.int64(r.order_id), b, ohmask, k0, k1)
         if sampled and (flags & F_LAST) != 0:
             # room for the states this record can emit; its book must exist to be sampled
             if n_out + smp_meta[0] + 1 > out_cap:
@@ -805,7 +822,7 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                     next_rec = i
                     break
                 b = _book_create(meta, bk_hash, bk_info, seg, key)
-                hhome = _ohash(np.int64(r.order_id), b, ohmask)
+                hhome = _ohash(np.int64(r.order_id), b, ohmask, k0, k1)
         if act == ACTION_TRADE or act == ACTION_FILL or act == ACTION_NONE:
             if act == ACTION_TRADE and want_trades:
                 trade_idx[np.uint64(n_trades)] = base_index + i
@@ -825,7 +842,7 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                     next_rec = i
                     break
                 b = _book_create(meta, bk_hash, bk_info, seg, key)
-                hhome = _ohash(np.int64(r.order_id), b, ohmask)
+                hhome = _ohash(np.int64(r.order_id), b, ohmask, k0, k1)
             s = 2 * b + (1 if side == SIDE_ASK else 0)
             if (act == ACTION_ADD or act == ACTION_MODIFY) and has_side:
                 # room for one more order and level, checked before any change
@@ -1026,7 +1043,7 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                         n_log = _log_row(LG, n_log, ri, side_old, LV[np.uint64(lb + L_PX)],
                                          LV[np.uint64(lb + L_SZ)])
                 if op == _OP_REMOVE:
-                    _oh_del_f(OH, hp, ohmask)
+                    _oh_del_f(OH, hp, ohmask, k0, k1)
                     live -= 1
                     ord_free[np.uint64(nofree)] = o
                     nofree += 1
@@ -1208,6 +1225,24 @@ def queue_ahead(lvl, ords, o):
 
 
 @njit(**_JIT)
+def probe_stats(meta, oh):
+    """``(max, total)`` displacement of the order-hash entries from their home rows:
+    the extra probes a look-up of each costs."""
+    k0 = meta[M_SEED0]
+    k1 = meta[M_SEED1]
+    mask = oh.shape[0] - 1
+    worst = 0
+    total = 0
+    for i in range(oh.shape[0]):
+        t = oh[i, 1]
+        if t >= 0:
+            d = (i - _ohash(oh[i, 0], t >> TAG_SHIFT, mask, k0, k1)) & mask
+            worst = max(worst, d)
+            total += d
+    return worst, total
+
+
+@njit(**_JIT)
 def check_invariants(meta, seg, pool, lvl, ords, oh):
     """0 when the state is consistent, else the code of the first violation found.
 
@@ -1216,6 +1251,8 @@ def check_invariants(meta, seg, pool, lvl, ords, oh):
     size, level or hash entry; 5 the live-order count disagrees with the levels or the
     order hash.
     """
+    k0 = meta[M_SEED0]
+    k1 = meta[M_SEED1]
     live = 0
     for s in range(2 * meta[M_NBOOKS]):
         start = seg[s, S_START]
@@ -1231,7 +1268,7 @@ def check_invariants(meta, seg, pool, lvl, ords, oh):
                 if ords[o, O_SZ] <= 0 or ords[o, O_LVL] != lv or ords[o, O_SEG] != s or \
                         ords[o, O_PREV] != prv:
                     return 4
-                if order_find(oh, ords, ords[o, O_ID], s >> 1) != o:
+                if order_find(oh, ords, ords[o, O_ID], s >> 1, k0, k1) != o:
                     return 4
                 total += ords[o, O_SZ]
                 cnt += 1

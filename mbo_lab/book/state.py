@@ -8,6 +8,8 @@ full; :meth:`copy` gives an independent checkpoint that :meth:`restore` puts bac
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import kernel as K
@@ -55,11 +57,15 @@ class BookState:
     """
 
     def __init__(self, books: int = 8, orders: int = 1 << 14, levels: int = 1 << 13,
-                 segment_pool: int = 1 << 12):
+                 segment_pool: int = 1 << 12, seed: int | None = None):
         a: dict[str, np.ndarray] = {}
         a["meta"] = np.zeros(K.N_META, np.int64)
-        a["meta"][K.M_LAST_KEY] = -1
-        a["meta"][K.M_LAST_BOOK] = -1
+        # hash seeds: random per state (from the OS unless given), kept by copies
+        rng = np.random.default_rng(seed if seed is not None else
+                                    int.from_bytes(os.urandom(16), "little"))
+        k0, k1 = rng.integers(-(2**63), 2**63 - 1, size=2, dtype=np.int64, endpoint=True)
+        a["meta"][K.M_SEED0] = k0
+        a["meta"][K.M_SEED1] = k1 | 1
         a["counters"] = np.zeros(K.N_COUNTERS, np.int64)
         a["bk_hash"] = np.zeros((_pow2(books * 2), 2), np.int64)
         a["bk_info"] = np.zeros((books, 2), np.int64)
@@ -104,7 +110,13 @@ class BookState:
     def book_index(self, instrument_id: int, publisher_id: int) -> int:
         """Index of a book, or -1 when it has never been seen."""
         key = ((int(instrument_id) << 16) | int(publisher_id)) + 1
-        return int(K.book_find(self.arrays["bk_hash"], np.int64(key)))
+        return int(K.book_find(self.arrays["bk_hash"], np.int64(key), *self.seeds))
+
+    @property
+    def seeds(self) -> tuple[np.int64, np.int64]:
+        """The two hash seeds of this state (see :mod:`mbo_lab.book.kernel`)."""
+        meta = self.arrays["meta"]
+        return meta[K.M_SEED0], meta[K.M_SEED1]
 
     def book_keys(self) -> list[tuple[int, int]]:
         """``(instrument_id, publisher_id)`` of every book, in creation order."""
@@ -162,7 +174,7 @@ class BookState:
         if size > len(a["oh"]):
             new = _aligned((size, 2))
             new[:, 1] = -1
-            K.rehash_orders(a["oh"], new, a["ords"])
+            K.rehash_orders(a["oh"], new, a["ords"], *self.seeds)
             a["oh"] = new
 
     def _grow_levels(self) -> None:
@@ -183,7 +195,7 @@ class BookState:
         a["seg"] = _grown(a["seg"], 4 * n)
         new = _aligned((_pow2(4 * n), 2))
         for key, b in a["bk_hash"][a["bk_hash"][:, 0] != 0]:
-            K.book_put(new, key, b)
+            K.book_put(new, key, b, *self.seeds)
         a["bk_hash"] = new
 
     def _grow_segment(self, s: int) -> None:
