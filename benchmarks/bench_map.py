@@ -105,8 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--browser", action="store_true",
                     help="also measure fps of the dashboard (map first) in Chromium")
     ap.add_argument("--seconds", type=float, default=10.0, help="browser seconds measured")
+    ap.add_argument("--browser-only", action="store_true", help="skip the kernel figures")
     args = ap.parse_args(argv)
     print(f"load average at start: {os.getloadavg()}")
+    if not args.browser_only:
+        _kernel_figures(args)
+    if args.browser or args.browser_only:
+        _browser_figures(args)
+    return 0
+
+
+def _kernel_figures(args: argparse.Namespace) -> None:
 
     mbo_lab.warmup()
     path = args.path
@@ -185,22 +194,26 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         meter.close()
 
-    if args.browser:
-        spec = importlib.util.spec_from_file_location(
-            "mbo_lab_browser_measure", ROOT / "tests" / "test_notebooks_browser.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        reason = mod.browser_missing_reason()
-        if reason:
-            print(f"browser: cannot run: {reason}")
-            return 0
-        r = mod.measure_dashboard(ROOT / "test-output", seconds=args.seconds,
-                                  screenshot="map_bench_dashboard.png")
-        print(f"browser: dashboard notebook (map first) playing at {r['speed']}: "
-              f"{r['fps']:.1f} fps shown ({r['stats_changes']} frames in "
-              f"{r['seconds']:.0f} s); console errors {len(r.get('console_errors', []))}; "
-              f"load average {os.getloadavg()}")
-    return 0
+
+
+def _browser_figures(args: argparse.Namespace) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "mbo_lab_browser_measure", ROOT / "tests" / "test_notebooks_browser.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    reason = mod.browser_missing_reason()
+    if reason:
+        print(f"browser: cannot run: {reason}")
+        return
+    r = mod.measure_dashboard(ROOT / "test-output", seconds=args.seconds,
+                              screenshot="map_bench_dashboard.png")
+    keep = ("speed", "seconds", "fps", "ladder_changes", "stats_changes",
+            "messages_per_s", "kB_per_s", "heap_mb", "console_errors")
+    print(f"browser: dashboard notebook (map first) playing at {r.get('speed')}: "
+          f"{r.get('fps', float('nan')):.1f} fps shown; "
+          f"{r.get('messages_per_s', float('nan')):.0f} widget messages/s, "
+          f"{r.get('kB_per_s', float('nan')):.0f} kB/s; load average {os.getloadavg()}")
+    print(json.dumps({k: r[k] for k in keep if k in r}, default=str))
 
 
 if __name__ == "__main__":
