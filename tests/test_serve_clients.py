@@ -19,10 +19,10 @@ import threading
 import time
 
 import pytest
+from test_serve import TOKEN, dropped, gauge, run, serving, sse_events, until
 
 import mbo_lab
 from mbo_lab.serve.net import unsent_bytes
-from test_serve import TOKEN, dropped, gauge, run, serving, sse_events, until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,7 +83,7 @@ def closed_by_server(s: socket.socket, limit: float) -> bool:
         try:
             if not s.recv(1 << 20):
                 return True
-        except socket.timeout:
+        except TimeoutError:
             continue
         except (ConnectionResetError, BrokenPipeError):
             return True

@@ -6,7 +6,9 @@ Start it from a notebook cell (it runs on Jupyter's event loop; the cell returns
     srv.url, srv.page_url        # page_url carries the token in '#token=' (never sent)
     await srv.stop()             # or just srv.stop(); re-running serve() also replaces it
 
-From a shell: ``mbo-lab serve [FILE] [--host H] [--port P] [--token T] [--speed S]``.
+From a shell: ``mbo-lab serve [FILE] [--host H] [--port P] [--speed S]`` with the token in
+``MBO_LAB_TOKEN`` or in a file named by ``MBO_LAB_TOKEN_FILE`` (``--token T`` still works
+but shows in ``ps``).
 
 Endpoints (described in ``GET /openapi.json``)
 -----------------------------------------------
@@ -29,9 +31,40 @@ Endpoints (described in ``GET /openapi.json``)
 ``GET /v1/book?levels=``, ``GET /v1/info``, ``GET /health``, ``GET /ready``,
 ``GET /metrics`` (Prometheus, see :mod:`mbo_lab.metrics`), ``POST /v1/player``
 (``{"action": "play"|"pause"|"seek"|"speed"|"step", ...}``, token required),
-``POST /v1/auth`` (sets the token cookie for EventSource), ``GET /`` (the live page).
+``POST /v1/auth`` (sets the token cookie for EventSource, ``Path=<prefix>/v1/``),
+``GET /`` (the live page).
 
 Each event is serialized once and the same bytes go to every subscriber.
+
+Slow, stalled, idle and hostile clients
+---------------------------------------
+* Book stream: conflated before the socket. A frame goes out only when the kernel sent
+  everything written before (the client's receive window is open) and at most
+  ``book_unsent`` bytes (8 kB) await its acknowledgement; the kernel send buffer is
+  small. Otherwise only the newest frame waits. A client that acknowledges nothing for
+  ``send_timeout`` s while data waits is reset (buffers freed at once). The server cannot
+  see bytes a client's kernel already accepted: a client that reads slowly from a large
+  receive buffer sees that backlog (browsers read as fast as they can).
+* Record stream: a client that takes nothing for ``send_timeout`` s gets ``event:
+  overflow`` and the connection is closed (reset if it doesn't take even that within
+  ``overflow_grace``); it leaves the ``max_streams`` count at once. SSE responses never
+  keep the connection alive. Record events are serialized once, in a worker thread, two
+  events ahead; record streams write in 2 ms slices per loop iteration (``Pacer``) so
+  book frames and new connections are served in between.
+* Connections: at most ``max_connections`` (below the fd limit, with room); more get a
+  503 and are closed at once. The first request's headers must arrive within
+  ``header_timeout`` s (10), keep-alive connections idle at most ``idle_timeout`` s (75);
+  ``accept()`` errors are logged once per 10 s and accepting pauses 50 ms (no busy loop);
+  listen backlog 2048; headers over 64 kB get 431.
+* ``max_streams``: an EventSource client (``Accept: text/event-stream``) gets a 200 with
+  a jittered ``retry:`` and ``event: busy`` and reconnects later; other clients get 503.
+* Every stream ends cleanly after ``max_stream_age`` s / ``max_stream_bytes`` (900 s,
+  256 MB; behind jupyter-server-proxy 120 s, 32 MB) with ``retry: 250`` and
+  ``event: reconnect``: EventSource reconnects, the record stream resumes exactly with
+  Last-Event-ID.
+* Host check (DNS rebinding): loopback names, the bound address and ``allowed_hosts``
+  (``MBO_LAB_ALLOWED_HOSTS``) pass; other Host values get 421 unless the request carries
+  the token. The page and ``/health`` answer any Host.
 
 Backpressure
 ------------
@@ -63,10 +96,17 @@ Binder / JupyterHub
 -------------------
 The server is reachable through jupyter-server-proxy at
 ``{JUPYTERHUB_SERVICE_PREFIX}proxy/<port>/`` (``Server.proxy_url``), e.g.
-``/user/<name>/proxy/8765/v1/stream/book``. The proxy streams a response only when the
+``/user/<name>/proxy/8765/v1/stream/book``; on a plain Jupyter server (no hub) at
+``http://localhost:8888/proxy/<port>/``. The proxy streams a response only when the
 request's ``Accept`` header is exactly ``text/event-stream`` (EventSource sends that;
-curl needs ``-H 'Accept: text/event-stream'``), and cuts streams after 7200 s: clients
-reconnect with ``Last-Event-ID``. External clients also need the Jupyter token.
+curl needs ``-H 'Accept: text/event-stream'``); anything else is buffered whole. Jupyter
+checks its own token first (``?token=<jupyter token>`` or ``Authorization: token ...``;
+the browser session's cookie for pages inside JupyterLab). The proxy forwards Jupyter's
+Host header, so requests through it need this server's token (the page gets it from the
+``#token=`` link the notebook shows; the cookie is scoped to ``<prefix>/v1/``). The proxy
+never notices a client that went away and buffers without limit for a stalled one, so
+streams behind it end after 120 s / 32 MB and EventSource reconnects; the proxy itself
+cuts responses at 7200 s and 100 MB.
 """
 
 from __future__ import annotations
