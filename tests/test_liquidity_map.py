@@ -311,3 +311,34 @@ def test_book_change_redraws_the_whole_day_of_the_new_book():
         assert m.window[:2] == (int(ts[0]), int(ts[-1]) + 1)
     finally:
         m.close()
+
+
+def test_box_zoom_shows_the_brushed_box(lmap, session):
+    lmap.mode.value = "box zoom"
+    assert lmap.figure.interaction is lmap.brush
+    s, e, lo, hi = lmap.window
+    x0, x1 = lmap.x_scale.min, lmap.x_scale.max
+    bx = [x0 + (x1 - x0) * 0.2, x0 + (x1 - x0) * 0.3]
+    by = [lo + (hi - lo) * 0.4, lo + (hi - lo) * 0.6]
+    # what the browser sends at the end of a drag
+    lmap.brush.brushing = True
+    lmap.brush.selected_x, lmap.brush.selected_y = np.array(bx), np.array(by)
+    lmap.brush.brushing = False
+    s2, e2, lo2, hi2 = lmap.window
+    assert abs(s2 - (lmap.origin_ns + bx[0] * 1e9)) < 1e4
+    assert abs(e2 - (lmap.origin_ns + bx[1] * 1e9)) < 1e4
+    assert (lo2, hi2) == pytest.approx(tuple(by))
+    assert session.calls[-1]["price_lo"] == pytest.approx(by[0])
+    assert lmap.brush.selected_x is None  # the box is cleared after the zoom
+
+
+def test_cells_never_exceed_max_cells(session):
+    m = LiquidityMap(session, width_px=5000, height_px=5000, min_row_px=1, max_cells=20_000,
+                     debounce=0)
+    try:
+        assert m.last_cells <= 20_000
+        s, e, lo, hi = m.window
+        m.show(s, s + (e - s) // 10, lo, lo + 1000 * session.tick)
+        assert m.last_cells <= 20_000
+    finally:
+        m.close()

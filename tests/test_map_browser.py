@@ -146,8 +146,10 @@ def _span(window_text: str) -> float:
     """Seconds between the two times of the map's window caption."""
     import pandas as pd
 
-    a, b = (pd.Timestamp(t.strip()) for t in window_text.split("\u2013"))
-    return (b - a).total_seconds()
+    a, b = (t.strip() for t in window_text.split("\u2013"))
+    ta = pd.Timestamp(a)
+    tb = pd.Timestamp(b if len(b) > 12 else f"{a[:10]} {b}")  # same day: time only
+    return (tb - ta).total_seconds()
 
 
 def _expected_time_labels(zone: str) -> set[str]:

@@ -442,7 +442,7 @@ class LiquidityMap(W.VBox):
         """Grid request for a window: a bin per pixel column, a row per tick (or tick
         multiple), at most ``max_cells`` cells."""
         tick = self._tick()
-        max_rows = max(8, int(self.height_px / self.min_row_px))
+        max_rows = max(8, min(int(self.height_px / self.min_row_px), self.max_cells // 2))
         kw: dict[str, Any] = {}
         if lo is not None and hi is not None and hi > lo:
             n_ticks = max(1, int(math.ceil((hi - lo) / tick - 1e-9)))
@@ -711,21 +711,23 @@ class LiquidityMap(W.VBox):
         if self.window is None:
             return
         s, e, lo, hi = self.window
-        fmt = "%Y-%m-%d %H:%M:%S.%f"
-        t0 = pd.Timestamp(s, tz="UTC").tz_convert(self.time_zone).strftime(fmt)[:-3]
-        t1 = pd.Timestamp(e, tz="UTC").tz_convert(self.time_zone).strftime(fmt)[:-3]
+        a = pd.Timestamp(s, tz="UTC").tz_convert(self.time_zone)
+        b = pd.Timestamp(e, tz="UTC").tz_convert(self.time_zone)
+        t0 = a.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        t1 = b.strftime("%H:%M:%S.%f" if a.date() == b.date() else "%Y-%m-%d %H:%M:%S.%f")
         dec = _decimals(self._tick())
         cur = ""
         if self._cursor_ns is not None:
             c = pd.Timestamp(self._cursor_ns, tz="UTC").tz_convert(self.time_zone)
-            cur = f" &middot; replay at <b class='mbo-map-cursor-time'>{c.strftime(fmt)[:-3]}</b>"
+            cur = (" &middot; replay <b class='mbo-map-cursor-time'>"
+                   f"{c.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}</b>")
         g = self.grid
         shape = f"{len(g.t_edges) - 1}\u00d7{len(g.price_edges) - 1}" if g is not None else "-"
         self.status.value = (
-            "<span style='font-size:11px;color:var(--jp-ui-font-color2)'>"
-            f"<span class='mbo-map-window'>{t0} \u2013 {t1}</span> "
-            f"({html.escape(self.time_zone)}), price {lo:.{dec}f}\u2013{hi:.{dec}f}; "
-            f"{shape} cells, update {self.updates}: {self.last_bytes / 1024:.0f} kB in "
+            "<span style='font-size:11px;color:var(--jp-ui-font-color2);white-space:nowrap'>"
+            f"<span class='mbo-map-window'>{t0} \u2013 {t1[:-3]}</span> "
+            f"{html.escape(self.time_zone)} &middot; {lo:.{dec}f}\u2013{hi:.{dec}f} &middot; "
+            f"{shape} cells, {self.last_bytes / 1024:.0f} kB, "
             f"{self.last_latency * 1000:.0f} ms{cur}</span>")
 
     # ------------------------------------------------------------------ events
