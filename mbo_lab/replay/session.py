@@ -583,7 +583,8 @@ class Session:
 
     def history(self, points: int = 600, span_ns: int | None = None) -> pd.DataFrame:
         """The selected book's BBO on a regular grid of ``points`` times ending at the
-        current record (``span_ns`` long, default 30 minutes, cut at the data start),
+        current record (``span_ns`` long; default 30 minutes or the last 250,000 records,
+        whichever is shorter, cut at the data start),
         computed by the kernel from checkpoints (not from played frames). Columns ``bid``,
         ``ask``, ``mid`` (float; NaN when a side is empty, mid NaN when crossed); each row is
         the book's state in effect 1 ns before its index time (the last row: the current

@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 #: Records per kernel call in a grid pass (bounded memory: level log and BBO of a chunk).
 CHUNK_RECORDS = 1 << 18
 
-#: Default history window of :func:`history` (ns).
+#: Default history window of :func:`history` (ns) ...
 HISTORY_SPAN_NS = 30 * 60 * 10**9
+#: ... unless it holds more records than this (the cost of a history is its records).
+HISTORY_MAX_RECORDS = 250_000
 
 _TRADE_COLUMNS = ("price", "size", "side", "record_index")
 
@@ -282,8 +284,11 @@ def history(session: Session, points: int = 600, span_ns: int | None = None
     points = max(2, int(points))
     ts = session._ts
     t_end = int(ts[session.record_index]) + 1  # the current record's state included
-    span = int(span_ns) if span_ns else HISTORY_SPAN_NS
-    t0 = max(int(ts[0]), t_end - span)
+    if span_ns:
+        t0 = max(int(ts[0]), t_end - int(span_ns))
+    else:  # 30 minutes, or the last HISTORY_MAX_RECORDS records when that is shorter
+        k = max(0, session.position - HISTORY_MAX_RECORDS)
+        t0 = max(int(ts[0]), t_end - HISTORY_SPAN_NS, int(ts[k]))
     t0 = min(t0, t_end - points)  # at least 1 ns per point
     g = liquidity(session, t0, t_end, time_bins=points, price_rows=1, price_lo=0.0,
                   price_hi=0.0, tick_multiple=1, progress=False, large_orders=False,
