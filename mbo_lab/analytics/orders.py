@@ -37,6 +37,7 @@ from ..io.records import (
     F_SNAPSHOT,
     F_TOB,
     SIDE_ASK,
+    byte_chars,
     ns_to_datetime,
     px_to_float,
 )
@@ -255,7 +256,7 @@ def order_lifetimes(source: Source, *, instrument_id: int | None = None,
         "instrument_id": b["instrument_id"],
         "publisher_id": b["publisher_id"],
         "order_id": b["order_id"],
-        "side": b["side"].astype("U1"),
+        "side": byte_chars(b["side"]),
         "price": px_to_float(b["price"]),
         "size": b["size"],
         "ts_add": t_add,
@@ -401,7 +402,7 @@ def queue_history(source: Source, order_id: int, *, instrument_id: int | None = 
                      o["side"] if o else "", o["price"] if o else None,
                      o["size"] if o else 0,
                      float(o["queue_position"]) if o else np.nan, ahead_filled, own,
-                     b"".join(acts.tolist()).decode()))
+                     "".join(byte_chars(acts))))
         done = pt + 1
     ts = np.array([x[0] for x in rows], np.uint64)
     px = np.array([x[4] if x[4] is not None else 2**63 - 1 for x in rows], np.int64)

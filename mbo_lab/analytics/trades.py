@@ -13,7 +13,15 @@ import numpy as np
 import pandas as pd
 
 from ..book.build import Source, as_data
-from ..io.records import ACTION_TRADE, F_SNAPSHOT, SIDE_ASK, SIDE_BID, ns_to_datetime, px_to_float
+from ..io.records import (
+    ACTION_TRADE,
+    F_SNAPSHOT,
+    SIDE_ASK,
+    SIDE_BID,
+    byte_chars,
+    ns_to_datetime,
+    px_to_float,
+)
 from ._base import _book_mask, _buckets
 
 __all__ = ["trade_tape", "vwap", "cumulative_volume_delta", "volume_profile"]
@@ -68,7 +76,7 @@ def trade_tape(source: Source, *, instrument_id: int | None = None,
         "symbol": _symbol_column(t["instrument_id"], syms),
         "price": px_to_float(t["price"]),
         "size": t["size"],
-        "side": t["side"].astype("U1"),
+        "side": byte_chars(t["side"]),
         "aggressor": np.array(["none", "buy", "sell"])[np.where(sign == 1, 1,
                                                                  np.where(sign == -1, 2, 0))],
         "signed_size": sign * t["size"].astype(np.int64),
