@@ -94,11 +94,12 @@ def _peak_rss(args: list[str]) -> int:
 
 @pytest.mark.slow
 def test_mbp_and_export_memory_bounded_by_chunk(tmp_path):
-    """4x the records, same small chunk: peak RSS of `mbo-lab mbp` and `mbo-lab export`
+    """5x the records, same small chunk: peak RSS of `mbo-lab mbp` and `mbo-lab export`
     grows far less than the input (the MBP-10 output of the big file alone would be
-    ~150 MB; its records 34 MB)."""
-    small = mbo_lab.write_synth(tmp_path / "s.dbn", 150_000, seed=2, progress=False)
-    big = mbo_lab.write_synth(tmp_path / "b.dbn", 600_000, seed=2, progress=False)
+    ~300 MB; its records 56 MB)."""
+    small = mbo_lab.write_synth(tmp_path / "s.dbn", 200_000, seed=2, progress=False)
+    big = mbo_lab.write_synth(tmp_path / "b.dbn", 1_000_000, seed=2, progress=False)
+    grown = big.stat().st_size - small.stat().st_size  # 45 MB more input
     chunk = ["--chunk-records", "20000"]
     rss = {}
     for name, f in (("s", small), ("b", big)):
@@ -108,6 +109,8 @@ def test_mbp_and_export_memory_bounded_by_chunk(tmp_path):
                                          "--tables", "bbo,mbp,trades", *chunk])
     for verb in ("mbp", "export"):
         assert rss[verb, "b"] < 1.3 * rss[verb, "s"], (verb, rss)
+        # neither the mapped input nor the output is kept: far less growth than the input
+        assert rss[verb, "b"] - rss[verb, "s"] < grown / 2, (verb, rss, grown)
     got = pd.read_parquet(tmp_path / "b.parquet")
     assert len(got) == int(np.count_nonzero(mbo_lab.load(big).records["flags"] & 0x80))
     assert got.index.name == "ts_recv"
