@@ -103,6 +103,7 @@ def main() -> None:
                  *_rss(), f"{cells:,}", f"{nbytes / 2**20:.1f} MiB"))
     rows.append(("  zoom p95", np.percentile(ms, 95) / 1000, *_rss(), "", ""))
     rows.append(("  zoom max", ms.max() / 1000, *_rss(), "", ""))
+    rows.append(("  zoom CPU p50", np.median(cpu), *_rss(), "", ""))
     rows.append(("  zoom CPU p95", np.percentile(cpu, 95), *_rss(), "", ""))
     t0 = time.perf_counter()
     s.seek(n // 2)

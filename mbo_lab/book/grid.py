@@ -551,13 +551,12 @@ class GridAccumulator:
                 f"(log rows used {q} of {len(level_log)}, states {p} of {len(bbo_bid)})")
 
     def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(twa (2, bins, rows), max (2, bins, rows), volume (2, bins, rows), bbo (8, bins))."""
-        nb, nr = len(self.edges) - 1, self.nrows
-        twa = np.empty((2, nb, nr))
-        mxo = np.empty((2, nb, nr))
+        """(twa (2, bins, rows), max (2, bins, rows), volume (2, bins, rows), bbo (8, bins)),
+        written over the accumulator's own arrays: call once."""
+        # in place: the integrals become means, the maxima get their NaNs (no new arrays)
         finish(self.edges, self.ist, self.cur, self.last_t, self.last_b, self.sums, self.mx,
-               self.bbo, self.opened, twa, mxo)
-        return twa, mxo, self.vol, self.bbo
+               self.bbo, self.opened, self.sums, self.mx)
+        return self.sums, self.mx, self.vol, self.bbo
 
     @property
     def states(self) -> int:
