@@ -99,8 +99,11 @@ def raw_serve(args: argparse.Namespace) -> None:
             nxt += 1.0 / args.hz
             await asyncio.sleep(max(0.0, nxt - time.perf_counter()))
             msg = b'{"pad":"%s","published_at":%.6f}\n\n' % (pad, time.time())
-            for w in conns:
-                w.write(msg)
+            for w in list(conns):
+                if w.is_closing():
+                    conns.remove(w)
+                else:
+                    w.write(msg)
 
     asyncio.run(main())
 
@@ -466,24 +469,44 @@ def main() -> None:
             print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
             print(cpu(), flush=True)
 
-        p50, p99, cnt = asyncio.run(book_p99(base, args.book_clients, args.seconds))
-        rows.append((f"book stream p99, {args.book_clients} clients alone",
-                     f"p50 {p50:.2f} ms, p99 {p99:.2f} ms ({cnt} frames)"))
-        print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
-        ctx = mp.get_context("spawn")
-        r, w = ctx.Pipe(duplex=False)
-        load = ctx.Process(target=record_load_worker,
-                           args=(base, n, args.clients, args.seconds + 4, w))
-        load.start()
-        time.sleep(3.0)  # the record readers are connected and reading
-        p50, p99, cnt = asyncio.run(book_p99(base, args.book_clients, args.seconds))
-        got = r.recv()
-        load.join(60)
-        rows.append((f"book stream p99, {args.book_clients} clients + {args.clients} "
-                     "record readers", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms ({cnt} frames; "
-                     f"record readers got {got:,} records meanwhile)"))
-        print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
-        print(cpu(), flush=True)
+        # calibration: a bare asyncio server (no HTTP, Tornado or book) sending messages of
+        # the same size and rate, measured by the same clients at the same time: the floor
+        # this machine's scheduler and loopback set right now
+        cal = subprocess.Popen([sys.executable, __file__, "--raw-serve", "--hz",
+                                str(args.hz)], stdout=subprocess.PIPE, text=True)
+        cal_base = f"http://127.0.0.1:{int(cal.stdout.readline().split()[1])}/"
+
+        async def both() -> tuple:
+            return await asyncio.gather(
+                book_p99(base, args.book_clients, args.seconds),
+                book_p99(cal_base, args.book_clients, args.seconds))
+
+        def book_rows(label: str) -> None:
+            (p50, p99, cnt), (c50, c99, ccnt) = asyncio.run(both())
+            rows.append((f"book stream, {args.book_clients} clients {label}",
+                         f"p50 {p50:.2f} ms, p99 {p99:.2f} ms ({cnt} frames)"))
+            rows.append(("  calibration: bare asyncio server, same time",
+                         f"p50 {c50:.2f} ms, p99 {c99:.2f} ms ({ccnt} messages)"))
+            for row in rows[-2:]:
+                print(f"  {row[0]}: {row[1]}", flush=True)
+
+        try:
+            book_rows("alone")
+            ctx = mp.get_context("spawn")
+            r, w = ctx.Pipe(duplex=False)
+            load = ctx.Process(target=record_load_worker,
+                               args=(base, n, args.clients, args.seconds + 4, w))
+            load.start()
+            time.sleep(3.0)  # the record readers are connected and reading
+            book_rows(f"+ {args.clients} record readers")
+            got = r.recv()
+            load.join(60)
+            rows.append((f"  ({args.clients} record readers meanwhile)",
+                         f"{got:,} records, zero loss"))
+            print(cpu(), flush=True)
+        finally:
+            cal.terminate()
+            cal.wait(10)
 
         p50, p99, fails = asyncio.run(ttfb_burst("127.0.0.1", port, args.burst))
         rows.append((f"time to first byte, burst of {args.burst} connects",
