@@ -283,9 +283,17 @@ class LiquidityMap(W.VBox):
         self.size_scale = bq.LinearScale(min=0.0, max=1.0)
         self.side_scale = bq.ColorScale(colors=[ASK, NEUTRAL, BID], min=-1.0, max=1.0)
         xy = {"x": self.x_scale, "y": self.y_scale}
-        self.heat = bq.HeatMap(x=_f64([0, 1]), y=_f64([0, 1]),
+        # The heatmap sits on its own fixed [0, 1] x [0, 1] scales: its cells fill the plot
+        # area and the kernel makes the time/price domains equal to the grid's edges at
+        # every update. So the browser redraws the canvas once per update, never at every
+        # wheel/drag event of a gesture (bqplot's canvas HeatMap would redraw all cells on
+        # an image as large as the zoomed data: huge, slow, over the canvas size limit).
+        self.heat_x_scale = bq.LinearScale(min=0.0, max=1.0, allow_padding=False)
+        self.heat_y_scale = bq.LinearScale(min=0.0, max=1.0, allow_padding=False)
+        self.heat = bq.HeatMap(x=_f64([0.25, 0.75]), y=_f64([0.25, 0.75]),
                                color=np.zeros((2, 2), dtype=np.float32),
-                               scales={**xy, "color": self.color_scale},
+                               scales={"x": self.heat_x_scale, "y": self.heat_y_scale,
+                                       "color": self.color_scale},
                                null_color="transparent")
         self.bbo_lines = bq.Lines(x=_f64([0, 1]), y=_f64([[0, 0], [1, 1]]),
                                   colors=[BID, ASK], stroke_width=1.5,
@@ -574,17 +582,20 @@ class LiquidityMap(W.VBox):
         per mark, new float64 arrays only."""
         if self._closed:
             return
-        s, e, lo, hi = win
         te = np.asarray(grid.t_edges, dtype=np.int64)
         pe = np.asarray(grid.price_edges, dtype=np.float64)
+        # the visible window IS the grid: time edges [start, end), price edges of the rows
+        s, e = (int(te[0]), int(te[-1])) if len(te) > 1 else win[:2]
+        lo, hi = (float(pe[0]), float(pe[-1])) if len(pe) > 1 else win[2:]
         nbytes = 0
-        xc = _f64(self._x(te[:-1]) + (te[1:] - te[:-1]) / 2e9)
-        yc = _f64((pe[:-1] + pe[1:]) / 2)
+        yc = _f64((pe[:-1] + pe[1:]) / 2)  # row centres (prices) for the profile
         color = self._colors(grid)
-        if len(xc) < 2 or len(yc) < 2:  # bqplot's HeatMap needs two of each
-            xc = _f64([xc[0], xc[0] + 1e-3]) if len(xc) else _f64([0, 1e-3])
-            yc = _f64([yc[0], yc[0] + 1e-9]) if len(yc) else _f64([0, 1])
+        n_bins, n_rows = len(te) - 1, len(pe) - 1
+        if n_bins < 2 or n_rows < 2:  # bqplot's HeatMap needs two of each
+            n_bins = n_rows = 2
             color = np.zeros((2, 2), dtype=np.float32)
+        hx = _f64((np.arange(n_bins) + 0.5) / n_bins)  # cell centres on the unit scales
+        hy = _f64((np.arange(n_rows) + 0.5) / n_rows)
         try:
             trades = self.session.trades_between(int(s), int(e), max_trades=self.max_trades)
         except Exception as exc:
@@ -607,8 +618,14 @@ class LiquidityMap(W.VBox):
             if self.price_axis.tick_format != f".{dec}f":
                 self.price_axis.tick_format = f".{dec}f"
             with self.heat.hold_sync():
-                self.heat.x, self.heat.y, self.heat.color = xc, yc, color
-            nbytes += xc.nbytes + yc.nbytes + color.nbytes
+                if not np.array_equal(self.heat.x, hx):
+                    self.heat.x = hx
+                    nbytes += hx.nbytes
+                if not np.array_equal(self.heat.y, hy):
+                    self.heat.y = hy
+                    nbytes += hy.nbytes
+                self.heat.color = color
+            nbytes += color.nbytes
             nbytes += self._send_bbo(grid, te)
             nbytes += self._send_trades(trades)
             nbytes += self._send_large(getattr(grid, "large_orders", None), s, e)
@@ -738,6 +755,10 @@ class LiquidityMap(W.VBox):
         xs, xe = self.x_scale.min, self.x_scale.max
         if xs is None or xe is None:
             return
+        vis, win = self._visible(), self.window
+        if (abs(vis[0] - win[0]) < 1000 and abs(vis[1] - win[1]) < 1000
+                and vis[2] == win[2] and vis[3] == win[3]):
+            return  # the window shown already (e.g. a late notification of our own set)
         # keep the axis labels right at once (cheap); the data follows after the debounce
         tv, tl = time_ticks(self._ns_of_x(xs), self._ns_of_x(xe), self.origin_ns,
                             self.time_zone)
@@ -960,7 +981,7 @@ class LiquidityMap(W.VBox):
                     close_tree(ax)
             w.close()
 
-        for name in ("panzoom", "brush"):
+        for name in ("panzoom", "brush", "heat_x_scale", "heat_y_scale"):
             close_tree(getattr(self, name, None))
         for child in list(self.children):
             close_tree(child)
