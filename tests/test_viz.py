@@ -252,18 +252,27 @@ def test_ladder_locked_row_and_last_trade(session):
     assert "class='l" in lad.widget.value or "class='x l" in lad.widget.value
 
 
-def test_ladder_uses_the_session_tick_on_a_tob_feed(session):
-    """A top-of-book book has one level per side: the tick comes from the session."""
-    tob = next(b for b in session.books if b[1] == 3) if any(
-        b[1] == 3 for b in session.books) else None
-    if tob is None:
-        pytest.skip("no top-of-book publisher in this synthetic stream")
-    session.select(*tob)
+def test_ladder_uses_the_session_tick_on_a_tob_feed(session, records):
+    """A top-of-book book (F_TOB) has one level per side: the rows use the session's tick
+    (the same instrument's full-depth book agrees), never a gap between two prices."""
+    from mbo_lab.io.records import F_TOB
+
+    tob = [b for b in session.books
+           if np.any(records["flags"][(records["instrument_id"] == b[0])
+                                      & (records["publisher_id"] == b[1])] & F_TOB)]
+    assert tob, "the synthetic stream has a top-of-book publisher"
+    iid, pub = tob[0]
+    full = next(b for b in session.books if b[0] == iid and b != tob[0])
+    session.select(*full)
+    want = session_tick(session)
+    session.select(iid, pub)
     fr = session.step(50)
     tick = session_tick(session)
+    assert tick == want
     lad = Ladder(21, tick=tick)
     t = lad.table(fr)
     np.testing.assert_allclose(np.diff(t["price"]), -tick)
+    assert t["bid_sz"].sum() + t["ask_sz"].sum() > 0
 
 
 def test_ladder_rows_follow_the_touch_only_near_the_edge(session):

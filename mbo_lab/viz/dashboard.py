@@ -106,8 +106,8 @@ class Dashboard(W.VBox):
         tick = session_tick(session)
         self.tick = tick
 
-        h_main, h_low = ("300px", "170px") if compact else ("460px", "260px")
-        map_height = 170 if compact else 330  # the map's plot area (px)
+        h_main, h_low = ("300px", "160px") if compact else ("460px", "260px")
+        map_height = 160 if compact else 330  # the map's plot area (px)
         self.ladder = Ladder(rows, tick=tick, clock=clock, height=h_main)
         self.depth = DepthChart(self.levels, tick=tick, clock=clock, height=h_low)
         self.price = PriceChart(session, span_ns=span_ns, tick=tick, tz=self.tz, clock=clock,
