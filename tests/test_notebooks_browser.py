@@ -281,7 +281,8 @@ def measure_dashboard(out_dir: Path = OUT_DIR, *, seconds: float = 5.0,
                       timeout: float = 120.0, timezone_id: str = "America/Chicago",
                       dark: bool = True, viewport: tuple[int, int] = (1366, 768),
                       play: bool = True, rerun_check: bool = True,
-                      sample_every: float = 0.5, replay: bool = False) -> dict:
+                      sample_every: float = 0.5, replay: bool = False,
+                      lab: dict | None = None) -> dict:
     """Open the dashboard notebook in JupyterLab + Chromium (browser in ``timezone_id``,
     JupyterLab's dark theme when ``dark``, a ``viewport`` window), run it, read the
     time-axis labels, press Play and watch the page for ``seconds`` (pressing Play again
@@ -290,7 +291,8 @@ def measure_dashboard(out_dir: Path = OUT_DIR, *, seconds: float = 5.0,
     Returns the measurements: frames per second the page shows (distinct ladder contents
     per second), widget messages and bytes per second received by the page (kernel
     websocket frames holding ``comm_msg``), JS heap after a forced GC at the start and end
-    of playback (CDP), console errors, layout box, axis labels, screenshot path."""
+    of playback (CDP), console errors, layout box, axis labels, screenshot path.
+    ``lab`` reuses a running :func:`jupyter_lab` (its theme then applies)."""
     from playwright.sync_api import sync_playwright
 
     import mbo_lab
@@ -309,7 +311,8 @@ def measure_dashboard(out_dir: Path = OUT_DIR, *, seconds: float = 5.0,
                 ws_log.append((time.monotonic(), len(data)))
         ws.on("framereceived", frame)
 
-    with jupyter_lab(dark=dark) as lab, sync_playwright() as pw:
+    with (contextlib.nullcontext(lab) if lab else jupyter_lab(dark=dark)) as lab, \
+            sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
                                      headless=True)
         try:
@@ -434,18 +437,21 @@ def _require_browser() -> None:
 _LABELS_BY_ZONE: dict[str, list[str]] = {}
 
 
-@pytest.mark.parametrize("timezone_id", ["UTC", "Asia/Tokyo"])
-def test_dashboard_time_axis_in_browser_zone(timezone_id):
-    """The time axis reads the same (UTC, 24-hour) whatever the browser's time zone."""
+def test_dashboard_time_axis_in_browser_zones():
+    """The time axis reads the same (UTC, 24-hour) whatever the browser's time zone: the
+    notebook run in a UTC and in an Asia/Tokyo browser (one JupyterLab, light theme)."""
     _require_browser()
-    res = measure_dashboard(OUT_DIR, timezone_id=timezone_id, dark=False, play=False,
-                            rerun_check=False, screenshot=f"dashboard_{timezone_id[-5:]}.png")
-    print(json.dumps({k: v for k, v in res.items() if k != "stats_text"}, indent=1))
-    assert res["axes_paused"]["tz"] == timezone_id
-    _check_time_axis(res)
-    assert not res["problems_before"], res["problems_before"]
-    assert not res["widget_console_errors"], res["widget_console_errors"]
-    _LABELS_BY_ZONE[timezone_id] = _time_labels(res["axes_paused"])
+    with jupyter_lab() as lab:
+        for timezone_id in ("UTC", "Asia/Tokyo"):
+            res = measure_dashboard(OUT_DIR, timezone_id=timezone_id, dark=False, play=False,
+                                    rerun_check=False, lab=lab,
+                                    screenshot=f"dashboard_{timezone_id[-5:]}.png")
+            print(json.dumps({k: v for k, v in res.items() if k != "stats_text"}, indent=1))
+            assert res["axes_paused"]["tz"] == timezone_id
+            _check_time_axis(res)
+            assert not res["problems_before"], res["problems_before"]
+            assert not res["widget_console_errors"], res["widget_console_errors"]
+            _LABELS_BY_ZONE[timezone_id] = _time_labels(res["axes_paused"])
 
 
 def _check_time_axis(res: dict) -> None:

@@ -10,13 +10,15 @@ together and subscribes to a session::
     >>> Dashboard(s)                           # doctest: +SKIP
 
 Prices go to bqplot as float64 only; every update assigns new arrays inside the mark's
-``hold_sync``; the session's kernel clock plays (never browser ticks).
+``hold_sync``; the session's kernel clock plays (never browser ticks). Time axes are plain
+linear scales in seconds whose tick labels are written in Python in the chosen zone (UTC
+or the exchange's), so the browser's time zone never changes them.
 """
 
 from __future__ import annotations
 
 from .controls import SPEEDS, Controls
-from .dashboard import Dashboard
+from .dashboard import Dashboard, live_dashboard
 from .depth import DepthChart
 from .heatmap import Heatmap
 from .inspector import Inspector
@@ -24,5 +26,5 @@ from .ladder import Ladder
 from .price import PriceChart
 from .stats import StatsPanel
 
-__all__ = ["Dashboard", "Ladder", "DepthChart", "PriceChart", "Heatmap", "Controls",
-           "Inspector", "StatsPanel", "SPEEDS"]
+__all__ = ["Dashboard", "live_dashboard", "Ladder", "DepthChart", "PriceChart", "Heatmap",
+           "Controls", "Inspector", "StatsPanel", "SPEEDS"]
