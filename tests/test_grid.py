@@ -379,3 +379,16 @@ def test_liquidity_window_edges_and_errors():
                 dict(tick_multiple=0), dict(price_lo=2.0, price_hi=1.0)):
         with pytest.raises(mbo_lab.MboLabError):
             s.liquidity(**bad)
+
+
+def test_liquidity_checks_the_source_file_is_unchanged(tmp_path):
+    path = tmp_path / "day.dbn"
+    mbo_lab.write_dbn(path, mbo_lab.synth_records(3_000, seed=13))
+    s = mbo_lab.open(str(path))
+    s.liquidity(time_bins=3, price_rows=3)
+    if not hasattr(s.data, "check_unchanged"):
+        pytest.skip("MboData.check_unchanged (contract C) is not there yet")
+    with open(path, "r+b") as fh:  # cut the last record in place
+        fh.truncate(path.stat().st_size - 56)
+    with pytest.raises(mbo_lab.DataError):
+        s.liquidity(time_bins=3, price_rows=3)
