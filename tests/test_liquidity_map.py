@@ -355,3 +355,16 @@ def test_cells_never_exceed_max_cells(session):
         assert m.last_cells <= 20_000
     finally:
         m.close()
+
+
+def test_set_time_zone_adds_the_zone(lmap):
+    lmap.set_time_zone("Asia/Tokyo")
+    assert lmap.time_axis.label == "time (Asia/Tokyo)"
+    assert "Asia/Tokyo" in lmap.zone_select.options
+    v = lmap.time_axis.tick_values[0]
+    ns = lmap.origin_ns + round(v * 1e9)
+    lab = lmap.time_axis.tick_labels[js_number_key(v)]
+    assert pd.Timestamp(ns, tz="UTC").tz_convert("Asia/Tokyo").strftime(
+        "%H:%M:%S.%f").startswith(lab)
+    with pytest.raises(Exception):
+        lmap.set_time_zone("Mars/Olympus")

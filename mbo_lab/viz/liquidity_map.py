@@ -871,6 +871,15 @@ class LiquidityMap(W.VBox):
         self.figure.interaction = {"pan/zoom": self.panzoom, "box zoom": self.brush,
                                    "seek": None}[mode]
 
+    def set_time_zone(self, tz: str) -> None:
+        """Label the time axis in ``tz`` (an IANA name; added to the zone choices)."""
+        import zoneinfo
+
+        zoneinfo.ZoneInfo(str(tz))  # raises for an unknown zone
+        if tz not in self.zone_select.options:
+            self.zone_select.options = [*self.zone_select.options, tz]
+        self.zone_select.value = tz
+
     def _on_zone(self, change: dict) -> None:
         self.time_zone = change["new"]
         self.time_axis.label = self._time_label()
