@@ -366,5 +366,5 @@ def test_set_time_zone_adds_the_zone(lmap):
     lab = lmap.time_axis.tick_labels[js_number_key(v)]
     assert pd.Timestamp(ns, tz="UTC").tz_convert("Asia/Tokyo").strftime(
         "%H:%M:%S.%f").startswith(lab)
-    with pytest.raises(Exception):
+    with pytest.raises(mbo_lab.MboLabError, match="unknown time zone"):
         lmap.set_time_zone("Mars/Olympus")

@@ -875,7 +875,13 @@ class LiquidityMap(W.VBox):
         """Label the time axis in ``tz`` (an IANA name; added to the zone choices)."""
         import zoneinfo
 
-        zoneinfo.ZoneInfo(str(tz))  # raises for an unknown zone
+        from ..errors import MboLabError
+
+        try:
+            zoneinfo.ZoneInfo(str(tz))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise MboLabError(f"unknown time zone {tz!r}; use an IANA name such as "
+                              "'America/Chicago' or 'UTC'") from exc
         if tz not in self.zone_select.options:
             self.zone_select.options = [*self.zone_select.options, tz]
         self.zone_select.value = tz
