@@ -20,8 +20,11 @@ short debounce (an asyncio timer on the kernel's loop). In "seek" mode a click s
 session to that time, so every other view follows.
 
 Traffic is bounded: one update sends at most ``max_cells`` heatmap cells (default 250k)
-plus a few thousand points, never anything per record; everything goes to the browser
-as float64. Times are sent as seconds since ``origin_ns`` (UTC midnight of the first
+plus a few thousand points, never anything per record; prices and times go to the
+browser as float64 (the colour values of the cells as float32). The heatmap sits on fixed
+unit scales and fills the plot; after each query the time/price domains are set to the
+grid's edges, so the browser redraws the canvas once per update (not at every wheel or
+drag event). Double-click has no Python event in bqplot: the "whole day" button resets. Times are sent as seconds since ``origin_ns`` (UTC midnight of the first
 record's day) on a ``LinearScale``; the time-axis labels are computed in the kernel in
 the chosen zone (``UTC`` or the session's exchange zone), so they are right whatever the
 browser's time zone is.
@@ -579,7 +582,8 @@ class LiquidityMap(W.VBox):
     def _draw(self, grid: Any, win: tuple[int, int, float, float], *, event_t: float
               ) -> None:
         """Put a grid (and the trades and marks of its window) on the figure: one message
-        per mark, new float64 arrays only."""
+        per mark, new arrays only (float64; the heat's colour values float32). The time
+        and price domains become the grid's edges."""
         if self._closed:
             return
         te = np.asarray(grid.t_edges, dtype=np.int64)
