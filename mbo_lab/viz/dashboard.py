@@ -79,12 +79,29 @@ class Dashboard(W.VBox):
     on a session closes the previous one; :meth:`close` unsubscribes (the session keeps
     its state and clock). Where widgets do not render (GitHub, nbconvert) the cell shows
     a static HTML summary (ladder, BBO, a price sparkline).
+
+    Parameters
+    ----------
+    levels : int
+        Levels per side of the depth chart (at most ``session.levels``).
+    fps : float, optional
+        Most redraws per second (also capped by the session's fps and 30).
+    rows : int
+        Price rows of the DOM ladder (one per tick, centred on the touch).
+    span : pandas offset / Timedelta text
+        Market time shown by the price chart, ending at the current position.
+    tz : str, optional
+        Zone of the times shown: "UTC" (default) or the exchange's zone.
+    liquidity_map, heatmap : bool
+        Show the liquidity map (first panel) / the old playback heatmap.
+    compact : bool
+        Sizes that fit a 1366x768 JupyterLab window.
     """
 
     def __init__(self, session: Any, levels: int = 10, *, fps: float | None = None,
                  rows: int = 19, span: Any = "15min", tz: str | None = None,
                  liquidity_map: bool = True, heatmap: bool = False,
-                 clock: Clock | None = None, compact: bool = True, **_old: Any):
+                 clock: Clock | None = None, compact: bool = True):
         old = _LIVE.get(session)
         if old is not None:
             old.close()
