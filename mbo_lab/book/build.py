@@ -114,11 +114,87 @@ def _sample_reference(frames: BookFrames, records: np.ndarray, every: int | None
     return out
 
 
+#: Multipliers tried for the book -> thread split (the most even split is used).
+_PART_MULS = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB,
+              0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53)
+PARALLEL_MIN_RECORDS = 2_000_000
+
+
+def _part_sizes(recs: np.ndarray, step: int, nparts: int, mul: int) -> np.ndarray:
+    out = np.zeros(nparts, np.int64)
+    K.part_sizes(recs, step, nparts, np.uint64(mul), out)
+    return out
+
+
+def _plan_threads(recs: np.ndarray, threads: int | None) -> tuple[int, int]:
+    """``(threads, multiplier)`` for a book-parallel pass (1 when not worth it)."""
+    if threads is None:
+        env = os.environ.get("MBO_LAB_THREADS")
+        if env:
+            threads = int(env)
+        elif len(recs) < PARALLEL_MIN_RECORDS:
+            return 1, 1
+        else:
+            threads = min(2, os.cpu_count() or 1)
+    threads = int(threads)
+    if threads < 1:
+        raise EngineError(f"threads must be >= 1, got {threads}")
+    if threads == 1 or len(recs) == 0:
+        return 1, 1
+    step = max(1, len(recs) // 100_000)
+    best = min(_PART_MULS, key=lambda m: _part_sizes(recs, step, threads, m).max())
+    sizes = _part_sizes(recs, step, threads, best)
+    if sizes.max() > 0.75 * sizes.sum():
+        return 1, 1
+    return threads, best
+
+
+def _run_threads(recs: np.ndarray, buf: FrameBuffer, trade_idx: np.ndarray, levels: int,
+                 nthreads: int, pmul: int, chunk: int, bar) -> dict[str, int]:
+    """Apply ``recs`` with one engine per thread, each owning a part of the books; all
+    write their own rows of ``buf``/``trade_idx``. Returns the summed counters."""
+    import threading
+
+    from .reference import COUNTER_NAMES
+
+    engines = []
+    for t in range(nthreads):
+        eng = NumbaEngine(levels)
+        eng.partition = (int(nthreads), t, np.uint64(pmul))
+        engines.append(eng)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            eng, n_out, n_tr = engines[t], 0, 0
+            for lo in range(0, len(recs), chunk):
+                part = recs[lo: lo + chunk]
+                out, n_out, n_tr, _ = eng.run(part, buf, n_out, trade_idx, lo, n_trades=n_tr)
+                if out is not buf:  # pragma: no cover - only sampling grows outputs
+                    raise EngineError("internal: output buffer grew in a threaded pass")
+                if t == 0 and bar is not None:
+                    bar.update(len(part))
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(t,), name=f"mbo_lab-book-{t}")
+               for t in range(1, nthreads)]
+    for w in workers:
+        w.start()
+    work(0)
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
+    total = sum(e.state.counters for e in engines)
+    return dict(zip(COUNTER_NAMES, total.tolist()))
+
+
 def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
                   chunk_records: int | None = None, progress: bool | None = None, *,
                   every: str | int | None = None, changes_only: bool = False,
-                  price_type: str = "fixed", compact: bool = False
-                  ) -> tuple[BookFrames, MboData | None]:
+                  price_type: str = "fixed", compact: bool = False,
+                  threads: int | None = None) -> tuple[BookFrames, MboData | None]:
     """Run an engine over ``source``; return the frames and the data.
 
     The Numba engine counts the F_LAST records first and writes every state once into
@@ -129,6 +205,12 @@ def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
     counts as uint32 when that is exact for this source (as Databento's MBP-10 does),
     otherwise int64 sizes / int32 counts. For files larger than memory use
     :func:`iter_frames`, which streams.
+
+    ``threads``: the books of a stream are independent, so without sampling the Numba
+    engine can apply them in parallel threads (the kernel releases the GIL), each thread
+    owning a subset of the books and writing its rows of the shared outputs. None (default)
+    picks ``MBO_LAB_THREADS`` or up to 2 threads for streams of >= 2M records whose books
+    split evenly enough (no part above 75 % of the records); 1 turns it off.
     """
     s = get_settings(engine=engine, chunk_records=chunk_records)
     every = every_ns(every)
@@ -159,13 +241,21 @@ def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
         eng = NumbaEngine(levels, every=every, changes_only=changes_only)
         recs = _readonly(data.records)
         n_last, n_trades, size_sum = K.scan_counts(recs)
-        narrow = compact and size_sum <= _U32_MAX
         sampled = every is not None or changes_only
+        nthreads, pmul = (1, 1) if sampled else _plan_threads(recs, threads)
+        narrow = compact and size_sum <= _U32_MAX
         cap = n_last if not sampled else min(n_last, 1 << 16) + 16
         buf = FrameBuffer(cap, levels, px=np.float64 if price_type == "float" else np.int64,
                           sz=np.uint32 if narrow else np.int64,
                           ct=np.uint32 if narrow else np.int32, column_major=True, fields=True)
         trade_idx = np.empty(n_trades, np.int64)
+        if nthreads > 1:
+            counters = _run_threads(recs, buf, trade_idx, levels, nthreads, pmul,
+                                    s.chunk_records, bar)
+            frames = buf.frames(n_last)
+            frames.trades = trade_idx
+            frames.counters = counters
+            return frames, data
         n_out, n_tr = 0, 0
         for lo in range(0, n, s.chunk_records):
             chunk = recs[lo: lo + s.chunk_records]
@@ -244,7 +334,8 @@ def iter_frames(path: str | os.PathLike, levels: int = 10, engine: str | None = 
 
 def mbp(source: Source, levels: int = 10, *, every: str | int | None = None,
         changes_only: bool = False, engine: str | None = None, price_type: str = "float",
-        chunk_records: int | None = None, progress: bool | None = None) -> pd.DataFrame:
+        chunk_records: int | None = None, progress: bool | None = None,
+        threads: int | None = None) -> pd.DataFrame:
     """Top-``levels`` book (MBP-N) at every record with F_LAST, as a DataFrame.
 
     One row per F_LAST record for that record's book ``(instrument_id, publisher_id)``,
@@ -269,11 +360,12 @@ def mbp(source: Source, levels: int = 10, *, every: str | int | None = None,
     bytes per state: 10M records -> ~3 GB, 100M -> ~30 GB): use ``every=`` and/or
     ``changes_only=True``, ``bbo()``, or stream with :func:`iter_frames`.
 
-    ``engine`` is ``"numba"`` (default) or ``"reference"``.
+    ``engine`` is ``"numba"`` (default) or ``"reference"``; ``threads`` see
+    :func:`replay_frames` (books in parallel threads for large multi-book streams).
     """
     frames, data = replay_frames(source, levels, engine, chunk_records, progress,
                                  every=every, changes_only=changes_only,
-                                 price_type=price_type, compact=True)
+                                 price_type=price_type, compact=True, threads=threads)
     df = frames.to_df(data.records, data.symbols, price_type)
     df.attrs["counters"] = dict(frames.counters)
     return df
@@ -281,8 +373,10 @@ def mbp(source: Source, levels: int = 10, *, every: str | int | None = None,
 
 def bbo(source: Source, *, every: str | int | None = None, changes_only: bool = False,
         engine: str | None = None, price_type: str = "float",
-        chunk_records: int | None = None, progress: bool | None = None) -> pd.DataFrame:
+        chunk_records: int | None = None, progress: bool | None = None,
+        threads: int | None = None) -> pd.DataFrame:
     """Best bid and offer at every record with F_LAST: :func:`mbp` with ``levels=1`` (same
-    sampling options)."""
+    sampling and thread options)."""
     return mbp(source, 1, every=every, changes_only=changes_only, engine=engine,
-               price_type=price_type, chunk_records=chunk_records, progress=progress)
+               price_type=price_type, chunk_records=chunk_records, progress=progress,
+               threads=threads)

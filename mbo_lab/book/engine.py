@@ -107,6 +107,8 @@ class NumbaEngine:
         self.records_applied = 0
         self.every = 0 if every is None else int(every)
         self.changes_only = bool(changes_only)
+        #: ``(parts, part, multiplier)``: apply only the books of one part (threads)
+        self.partition = (1, 0, np.uint64(1))
         w = K.SP_HEAD + 6 * self.levels
         self._smp_cur = np.zeros(w, np.int64)
         self._smp_meta = np.zeros(4, np.int64)
@@ -192,7 +194,7 @@ class NumbaEngine:
                 *self.state.as_tuple(), recs, i, len(recs), self.levels,
                 *buf.kernel_outputs(), n_out, trade_idx, n_tr, base, lkey, log, n_log,
                 buf.rs, buf.ks, *buf.fields, self.every, self.changes_only, pend, last, lst,
-                self._smp_meta, self._smp_cur,
+                self._smp_meta, self._smp_cur, *self.partition,
             )
             if status == K.OK:
                 break

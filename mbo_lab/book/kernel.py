@@ -715,7 +715,7 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                   out_asz, out_act, out_cross, n_out, trade_idx, n_trades, base_index,
                   log_key, level_log, n_log, rs, ks, out_tsr, out_tse, out_iid, out_pub,
                   out_seq, every, changes_only, smp_pend, smp_last, smp_list, smp_meta,
-                  smp_cur):
+                  smp_cur, nparts, part, pmul):
     """Apply ``recs[start:stop]`` (``MBO_KERNEL_DTYPE``) to the state arrays.
 
     At every record with F_LAST, row ``n_out`` of the outputs gets the record's index
@@ -735,6 +735,11 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
     ``smp_*`` arrays are the sampler's state (``smp_pend/smp_last (books, 8 + 6 nlev)``,
     ``smp_list (books,)``, ``smp_meta (4,)``, ``smp_cur (8 + 6 nlev,)``). Room for the
     states a record can emit is checked before the record (``NEED_OUT``).
+
+    Partitions (``nparts > 1``, for threads over independent books): only records whose
+    book key falls in part ``part`` (``(key * pmul >> 40) % nparts``) are applied; the
+    others only advance the output and trade positions, so threads sharing the outputs
+    fill disjoint rows of one record-ordered result. Not with sampling.
 
     Level-change log: for the book with ``log_key = (instrument_id << 16 | publisher_id)
     + 1`` (0: no log), every change of an aggregated level's size is written from row
@@ -801,6 +806,14 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
         # the order row of record i+1 (if its home hash row holds it) into cache
         t1 = OH[np.uint64(2 * h1 + 1)]
         _prefetch(OR, np.uint64((t1 & SLOT_MASK) * N_OCOLS if t1 >= 0 else 0))
+        if nparts > 1 and np.int64(((np.uint64(key) * np.uint64(pmul)) >> np.uint64(40))
+                                   % np.uint64(nparts)) != part:
+            # ---- another thread's book: keep the global output and trade positions
+            if flags & F_LAST:
+                n_out += 1
+            if act == ACTION_TRADE and want_trades:
+                n_trades += 1
+            continue
         if b < 0:
             # ---- the record's book (-1: not created yet)
             b = _book_probe(BH, key, bkmask, k0, k1)
@@ -1173,6 +1186,19 @@ def count_outputs(recs):
         n_last += np.int64((r.flags & F_LAST) != 0)
         n_trades += np.int64(r.action == ACTION_TRADE)
     return n_last, n_trades
+
+
+@njit(**_JIT)
+def part_sizes(recs, step, nparts, pmul, out):
+    """Records per part of every ``step``-th record into ``out (nparts,)`` (zeroed first):
+    the balance of a book partition."""
+    out[:] = 0
+    for i in range(0, recs.shape[0], step):
+        r = recs[np.uint64(i)]
+        key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
+        out[np.int64(((np.uint64(key) * np.uint64(pmul)) >> np.uint64(40))
+                     % np.uint64(nparts))] += 1
+    return out
 
 
 @njit(**_JIT)
