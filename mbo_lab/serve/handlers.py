@@ -754,6 +754,7 @@ class BookStreamHandler(SSEHandler):
         self.inflight: asyncio.Future | None = None
         self.inflight_t0 = 0.0
         self.acked = (-1, time.monotonic())  # (bytes acknowledged, since when)
+        self._timer: asyncio.TimerHandle | None = None
         # Our SSE responses are chunked exactly when the request is HTTP/1.1 (status 200,
         # no Content-Length): then the shared bytes are pre-framed as one chunk.
         self.chunked = self.request.version == "HTTP/1.1"
@@ -799,6 +800,9 @@ class BookStreamHandler(SSEHandler):
             self.close_reason = self.close_reason or "error"
         finally:
             hub.remove(self.on_frame)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self.finish_stream()
 
     def _heartbeat(self) -> None:
@@ -838,11 +842,30 @@ class BookStreamHandler(SSEHandler):
         if self.closing:
             return
         now = time.perf_counter()
-        if self.inflight is None and now >= self.next_ok and self.sent_version >= 0 and \
-                self.can_send():
+        if self.inflight is None and self.sent_version >= 0 and self.can_send():
+            if now >= self.next_ok:
+                self._push(now)
+                return
+            if self._timer is None:
+                # rate-limited: a timer pushes it when allowed (no task wake-up, which
+                # waits behind the heavy record streams on a busy loop)
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_at(loop.time() + (self.next_ok - now),
+                                           self._timed_push)
+                return
+        self.notify()  # the task sends the newest frame when it may
+
+    def _timed_push(self) -> None:
+        self._timer = None
+        if self.closing or self.inflight is not None or \
+                self.server.hub.version == self.sent_version:
+            return
+        now = time.perf_counter()
+        if now >= self.next_ok and self.can_send():
             self._push(now)
+            self.server.tally.flush()
         else:
-            self.notify()  # the task sends the newest frame when it may
+            self.notify()
 
     def _push(self, now: float) -> None:
         first = self.sent_version < 0

@@ -74,7 +74,7 @@ class Server:
                  max_stream_age: float = 900.0, max_stream_bytes: int = 256 << 20,
                  proxy_stream_age: float = 120.0, proxy_stream_bytes: int = 32 << 20,
                  book_unsent: int = 8192, book_sndbuf: int = 16384,
-                 record_sndbuf: int = 512 << 10, min_hz: float = 0.1):
+                 record_sndbuf: int = 256 << 10, min_hz: float = 0.1):
         self.session = session
         self.host = host
         self.port = 0
