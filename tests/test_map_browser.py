@@ -255,6 +255,14 @@ def test_map_in_browser(lab, zone):
                 assert 0 < span1 < 0.8 * span0, (st0["window"], st1["window"])
                 st1 = _wait(page, lambda s: s["ticks"] and s["ticks"][0]
                             and _span(s["window"]) < 0.8 * span0, 10, "new time ticks")
+                # ---- the zoom-in button: time from the click to the new image on screen
+                t_click = time.monotonic()
+                page.locator(".mbo-map-test .mbo-map-zoom-in").click()
+                st1b = _wait(page, lambda s: s["href"] != st1["href"]
+                             and s["window"] != st1["window"], 30, "the button zoom")
+                button_seconds = time.monotonic() - t_click
+                assert _span(st1b["window"]) < 0.7 * _span(st1["window"])
+                st1 = st1b
                 # ---- click to seek
                 page.locator(".mbo-map-test .mbo-map-mode button",
                              has_text="seek").click()
@@ -278,6 +286,7 @@ def test_map_in_browser(lab, zone):
     brief = {k: v for k, v in st0.items() if k != "lines"}
     print(json.dumps({"zone": zone, "console": console, "problems": problems,
                       "first": brief, "zoomed": st1["window"] if full else None,
+                      "button_zoom_to_image_s": round(button_seconds, 3) if full else None,
                       "seeked": st2["cursor"] if full else None}, indent=1))
     assert not problems, problems
     assert not console, console
