@@ -271,6 +271,7 @@ def test_colour_controls_redraw_without_query(lmap, session):
     lmap.set_colors(lower_pct=60)
     c1 = lmap.heat.color
     assert np.count_nonzero(c1) < np.count_nonzero(c0)
+    assert f"{lmap.cut_lo:.3g}\u2013{lmap.cut_hi:.3g} lots (log)" in lmap.status.value
     lmap.set_colors(log_scale=False)
     assert lmap.log_scale is False and not np.array_equal(lmap.heat.color, c1)
     lmap.set_colors(measure="max")

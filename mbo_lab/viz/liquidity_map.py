@@ -745,11 +745,17 @@ class LiquidityMap(W.VBox):
         g = self.grid
         shape = f"{len(g.t_edges) - 1}\u00d7{len(g.price_edges) - 1}" if g is not None else "-"
         self.status.value = (
-            "<span style='font-size:11px;color:var(--jp-ui-font-color2);white-space:nowrap'>"
+            "<span style='font-size:11px;color:var(--jp-ui-font-color2)'>"
             f"<span class='mbo-map-window'>{t0} \u2013 {t1[:-3]}</span> "
             f"{html.escape(self.time_zone)} &middot; {lo:.{dec}f}\u2013{hi:.{dec}f} &middot; "
-            f"{shape} cells, {self.last_bytes / 1024:.0f} kB, "
-            f"{self.last_latency * 1000:.0f} ms{cur}</span>")
+            f"{shape} cells, colour {self._cut_text()} &middot; "
+            f"{self.last_bytes / 1024:.0f} kB, {self.last_latency * 1000:.0f} ms{cur}</span>")
+
+    def _cut_text(self) -> str:
+        lo, hi = getattr(self, "cut_lo", 0.0), getattr(self, "cut_hi", 0.0)
+        if not hi:
+            return "-"
+        return f"{lo:.3g}\u2013{hi:.3g} lots ({'log' if self.log_scale else 'linear'})"
 
     # ------------------------------------------------------------------ events
     def _on_domain(self, change: dict) -> None:
