@@ -855,3 +855,20 @@ def test_dashboard_follows_the_session_clock(session):
         session.advance(0.05)
     assert dash.frames_rendered > r0
     dash.close()
+
+
+def test_dashboard_takes_each_books_tick(session, monkeypatch):
+    """A book selected from code (not the dropdown) gets its own price increment."""
+    import mbo_lab.viz.dashboard as D
+
+    ticks = {b: 0.25 * (k + 1) for k, b in enumerate(session.books)}
+    monkeypatch.setattr(D, "session_tick",
+                        lambda s: ticks[(s.instrument_id, s.publisher_id)])
+    dash = make_dash(session)
+    other = next(b for b in session.books if b != (session.instrument_id, session.publisher_id))
+    session.select(*other)
+    assert dash.ladder.tick == ticks[other] == dash.price.tick == dash.depth.tick
+    t = dash.ladder.table(session.frame())
+    np.testing.assert_allclose(np.diff(t["price"]), -ticks[other])
+    assert dash.errors == []
+    dash.close()

@@ -231,6 +231,13 @@ class Dashboard(W.VBox):
     def _render(self, frame: Any) -> None:
         self._last_render = self.clock()
         self._last_frame = frame
+        key = (frame.instrument_id, frame.publisher_id)
+        if key != getattr(self, "_book", key):  # another book: its own price increment
+            try:
+                self._set_tick(session_tick(self.session))
+            except Exception as exc:  # noqa: BLE001
+                self.show_error(exc, where="tick")
+        self._book = key
         self._title(frame)
         if self.book_selector is not None:
             key = (frame.instrument_id, frame.publisher_id)
@@ -299,13 +306,13 @@ class Dashboard(W.VBox):
         iid, pub = change["new"]
         try:
             self.session.select(iid, pub)  # publishes a frame of the new book
-            tick = session_tick(self.session)
-            for part in (self.ladder, self.depth, self.price):
-                part.set_tick(tick)
-            self.tick = tick
-            self._render(self.session.frame())
         except Exception as exc:
             self.show_error(exc, where="book")
+
+    def _set_tick(self, tick: float | None) -> None:
+        self.tick = tick
+        for part in (self.ladder, self.depth, self.price):
+            part.set_tick(tick)
 
     # ------------------------------------------------------------------ static view
     def static_html(self) -> str:
