@@ -300,3 +300,151 @@ def test_cli_export(tmp_path, capsys):
     assert "exported 5,000 records" in out and "mbp" in out
     assert "bid_px_02" in store.read(tmp_path / "o", "mbp").columns
     assert main(["export", str(path), "-o", str(tmp_path / "o2"), "--tables", "bogus"]) == 2
+
+
+# --------------------------------------------------------------------------- atomic commits
+
+
+def _export_in_child(path: Path, out: Path, crash_at: str | None) -> int:
+    """Export ``path`` into ``out`` in a child process that kills itself (SIGKILL) at the
+    commit step ``crash_at``; returns its exit code."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop(store._CRASH_ENV, None)
+    if crash_at:
+        env[store._CRASH_ENV] = crash_at
+    code = ("import sys, mbo_lab.store as s; s.export(sys.argv[1], sys.argv[2], levels=2, "
+            "what=('bbo', 'trades'), chunk_records=3000, progress=False)")
+    return subprocess.run([sys.executable, "-c", code, str(path), str(out)],
+                          timeout=300, env=env).returncode
+
+
+def _snapshot(out: Path) -> dict:
+    return {t: store.read(out, t) for t in store.tables(out)}
+
+
+@pytest.mark.slow
+def test_killed_commit_leaves_old_or_new_store_then_reexport_is_clean(recs, tmp_path):
+    """SIGKILL at each commit step: readers see exactly the old store (before the manifest
+    switch) or the new one (after it); the next export removes what the dead one left and
+    leaves exactly what a clean export leaves."""
+    src = tmp_path / "day.dbn"
+    old_recs = recs[:12_000]  # the source as first exported (one day) ...
+    write_dbn(src, old_recs, symbols=SYMBOLS)
+    out = tmp_path / "store"
+    assert _export_in_child(src, out, None) == 0
+    old = _snapshot(out)
+    write_dbn(src, recs, symbols=SYMBOLS)  # ... then grown to two days
+    clean = tmp_path / "clean"
+    assert _export_in_child(src, clean, None) == 0
+    new = _snapshot(clean)
+    for step, want in (("before-lock", old), ("moving", old), ("before-manifest", old),
+                       ("after-manifest", new)):
+        assert _export_in_child(src, out, step) == -9, step
+        got = _snapshot(out)
+        assert sorted(got) == sorted(want), step
+        for t in want:
+            pd.testing.assert_frame_equal(got[t], want[t], obj=f"{step} {t}")
+        if step != "after-manifest":  # restore the old store for the next step
+            write_dbn(src, old_recs, symbols=SYMBOLS)
+            assert _export_in_child(src, out, None) == 0
+            write_dbn(src, recs, symbols=SYMBOLS)
+            pd.testing.assert_frame_equal(store.read(out, "bbo"), old["bbo"])
+    assert _export_in_child(src, out, None) == 0
+    for t in new:
+        pd.testing.assert_frame_equal(store.read(out, t), new[t])
+    rel = sorted(p.relative_to(out).parent.as_posix() for p in out.rglob("*.parquet"))
+    assert rel == sorted(p.relative_to(clean).parent.as_posix()
+                         for p in clean.rglob("*.parquet"))
+    assert len(rel) == 4  # bbo + trades over two days: every orphan is gone
+    assert not any((out / ".staging").iterdir())
+
+
+def test_readers_see_only_the_manifest(recs, tmp_path):
+    """A part file that no manifest lists (a killed export's) is invisible to read()."""
+    out = tmp_path / "s"
+    store.export(recs, out, levels=1, what=("bbo",), progress=False)
+    before = store.read(out, "bbo")
+    f = Path(store.files(out, "bbo")[0])
+    orphan = f.with_name("part-ffff-deadbeef-00000.parquet")
+    orphan.write_bytes(f.read_bytes())
+    pd.testing.assert_frame_equal(store.read(out, "bbo"), before)
+    store.export(recs[:100], out, levels=1, what=("trades",), progress=False, name="x")
+    assert not orphan.exists()  # removed by the next commit
+
+
+# --------------------------------------------------------------------------- file count
+
+
+def test_many_instruments_few_files(tmp_path):
+    """38k instrument ids: one file per table and day (was one per instrument), readable
+    with instrument filters by read(), pandas, DuckDB and Dask."""
+    n = 76_000
+    recs = mbo_lab.synth_records(n, seed=8)
+    rng = np.random.default_rng(3)
+    ids = rng.permutation(38_000).astype(np.uint32) + 5_000_000
+    recs["instrument_id"] = ids[np.arange(n) % 38_000]
+    s = store.export(recs, tmp_path, levels=2, chunk_records=25_000, progress=False)
+    days = len({int(t) // 86_400_000_000_000 for t in recs["ts_recv"]})
+    parts = list(tmp_path.rglob("*.parquet"))
+    assert len(parts) == 4 * days, len(parts)
+    target = int(ids[17])
+    want = np.flatnonzero(recs["instrument_id"] == target)
+    got = store.read(tmp_path, "records", instrument_id=target)
+    assert got["record_index"].tolist() == want.tolist()
+    assert s["tables"]["records"]["rows"] == n
+    duckdb = pytest.importorskip("duckdb")
+    q = duckdb.sql(f"select count(*) from read_parquet('{tmp_path}/records/**/*.parquet', "
+                   f"hive_partitioning=true) where instrument_id = {target}").df().iloc[0, 0]
+    assert q == len(want)
+    pdf = pd.read_parquet(tmp_path / "records", filters=[("instrument_id", "==", target)])
+    assert len(pdf) == len(want)
+
+
+def test_row_groups_are_clustered_by_instrument(recs, tmp_path, monkeypatch):
+    """Small row groups: each covers a narrow instrument range, so statistics prune."""
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(store, "ROW_GROUP_ROWS", 1_000)
+    store.export(recs, tmp_path, levels=1, what=("records",), chunk_records=6_000,
+                 progress=False)
+    f = pq.ParquetFile(store.files(tmp_path, "records")[0])
+    col = f.schema_arrow.get_field_index("instrument_id")
+    spans = [(f.metadata.row_group(i).column(col).statistics.min,
+              f.metadata.row_group(i).column(col).statistics.max)
+             for i in range(f.metadata.num_row_groups)]
+    assert len(spans) > 3
+    single = sum(lo == hi for lo, hi in spans)
+    assert single >= len(spans) - 2 * 6  # at most a few groups straddle two instruments
+
+
+# --------------------------------------------------------------------------- odd bytes, edges
+
+
+def test_non_ascii_action_bytes_export_and_round_trip(tmp_path):
+    recs = mbo_lab.synth_records(2_000, seed=4)
+    recs["action"][10] = b"\xff"
+    recs["side"][11] = b"\x00"
+    store.export(recs, tmp_path, levels=1, what=("records", "trades"), progress=False)
+    df = store.read(tmp_path, "records")
+    assert df.set_index("record_index").loc[10, "action"] == "\\xff"
+    assert df.set_index("record_index").loc[11, "side"] == "\\x00"
+    assert _bytes(store.records_from_frame(df)) == _bytes(recs)
+
+
+def test_export_checks_input_and_output_first(recs, tmp_path):
+    import errno as _errno
+
+    from mbo_lab.errors import DataError
+
+    out = tmp_path / "o"
+    with pytest.raises(DataError, match="not found"):
+        store.export(tmp_path / "missing.dbn", out)
+    assert not out.exists()  # nothing created for a bad input
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(store.OutputError, match="is a file"):
+        store.export(recs[:100], tmp_path / "file")
+    e = store._os_error(OSError(_errno.EROFS, "ro"), out, "the store")
+    assert "read-only" in str(e)
