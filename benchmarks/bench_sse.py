@@ -512,6 +512,17 @@ def main() -> None:
         rows.append((f"time to first byte, burst of {args.burst} connects",
                      f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, {fails} failed"))
         print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
+        cal = subprocess.Popen([sys.executable, __file__, "--raw-serve", "--hz", "1000"],
+                               stdout=subprocess.PIPE, text=True)
+        try:
+            cport = int(cal.stdout.readline().split()[1])
+            p50, p99, fails = asyncio.run(ttfb_burst("127.0.0.1", cport, args.burst))
+            rows.append(("  calibration: bare asyncio server (answers within 1 ms)",
+                         f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, {fails} failed"))
+            print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
+        finally:
+            cal.terminate()
+            cal.wait(10)
         time.sleep(2.0)
 
         before = rss_mb(proc.pid)
