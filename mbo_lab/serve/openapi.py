@@ -14,6 +14,9 @@ _ERR = {"description": "Error", "content": {"application/json": {
 _AUTH_ERRORS = {
     "401": {**_ERR, "description": "Missing token (the server requires one here)"},
     "403": {**_ERR, "description": "Wrong token"},
+    "421": {**_ERR, "description": "Host header not answered by this server (DNS-rebinding "
+            "guard): use a loopback name, an allowed host, or send the token"},
+    "431": {**_ERR, "description": "Request headers over 64 kB"},
 }
 _SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
@@ -120,7 +123,7 @@ def openapi(max_levels: int = 10, batch: int = 1000) -> dict[str, Any]:
                     "publication."),
                 "parameters": [_levels(max_levels),
                                {"name": "max_hz", "in": "query", "schema": {
-                                   "type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+                                   "type": "number", "minimum": 0.1, "maximum": 1000},
                                 "description": "Max frames per second (default: session fps)"}],
                 "responses": {"200": {"description": "SSE `book` events", "content": _SSE},
                               "400": _ERR, **_AUTH_ERRORS, "503": _ERR}}},
