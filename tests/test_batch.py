@@ -90,3 +90,31 @@ def test_corrupt_file_reported_others_done(day_files, cluster, tmp_path):
     assert again.loc[str(bad), "status"] == "error"
     forced = batch(files[:1], tmp_path / "out", client=cluster, overwrite=True, progress=False)
     assert list(forced.report["status"]) == ["ok"]
+
+
+def test_bad_arguments_fail_before_any_cluster(day_files, tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    for kw, word in (({"n_workers": -1}, "n_workers"), ({"n_workers": 0}, "n_workers"),
+                     ({"levels": 100_000}, "levels")):
+        with pytest.raises(mbo_lab.MboLabError, match=word):
+            batch(day_files, tmp_path / "o", progress=False, **kw)
+    assert time.perf_counter() - t0 < 5  # no LocalCluster was started
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(mbo_lab.MboLabError, match="is a file"):
+        batch(day_files, tmp_path / "file", progress=False)
+
+
+def test_concurrent_commits_keep_every_file(day_files, cluster, tmp_path):
+    """Two workers commit into one store at the same time (the lock queues them): the
+    manifest lists every file's partitions, nothing else is on disk."""
+    from mbo_lab.store import files, read
+
+    res = batch(day_files, tmp_path / "st", client=cluster, levels=2, what=("bbo",),
+                progress=False)
+    assert list(res.report["status"]) == ["ok"] * 3
+    listed = sorted(files(tmp_path / "st", "bbo"))
+    on_disk = sorted(str(p) for p in (tmp_path / "st" / "bbo").rglob("*.parquet"))
+    assert listed == on_disk and len(listed) >= 3
+    assert len(read(tmp_path / "st", "bbo")) == sum(len(mbo_lab.bbo(p)) for p in day_files)
