@@ -486,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="store folder (created; exporting the same file again replaces "
                          "what it wrote before)")
     ex.add_argument("--levels", type=int, default=10, help="levels of the mbp table")
-    ex.add_argument("--grid", default=None, help="mbp: last state per bin, e.g. 100ms")
+    ex.add_argument("--grid", "--every", dest="grid", default=None,
+                    help="mbp: last state of each book per time bin, e.g. 100ms")
     ex.add_argument("--tables", default="records,bbo,mbp,trades",
                     help="comma-separated subset of records,bbo,mbp,trades")
     ex.add_argument("--engine", default=None, choices=["numba", "reference"], help=engine_help)

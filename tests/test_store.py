@@ -300,6 +300,13 @@ def test_cli_export(tmp_path, capsys):
     assert "exported 5,000 records" in out and "mbp" in out
     assert "bid_px_02" in store.read(tmp_path / "o", "mbp").columns
     assert main(["export", str(path), "-o", str(tmp_path / "o2"), "--tables", "bogus"]) == 2
+    assert "(added it)" in out
+    # --every is --grid; exporting the same file again says it replaced the earlier export
+    assert main(["export", str(path), "-o", str(tmp_path / "o"), "--levels", "3",
+                 "--every", "100ms", "--tables", "mbp"]) == 0
+    out = capsys.readouterr().out
+    assert "replaced its previous export" in out
+    assert store.tables(tmp_path / "o") == ["mbp"]
 
 
 # --------------------------------------------------------------------------- atomic commits
