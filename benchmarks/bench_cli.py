@@ -31,11 +31,14 @@ def _load() -> str:
 
 
 def _records_in(path: Path) -> int:
-    import mbo_lab
-
+    """Records of a plain DBN file from its size and header (nothing loaded here: a child's
+    ru_maxrss includes this process's RSS at fork time, so the parent stays small)."""
     if str(path).endswith(".zst"):
         return -1
-    return len(mbo_lab.load(path))
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    meta_len = int.from_bytes(head[4:8], "little")
+    return (path.stat().st_size - 8 - meta_len) // 56
 
 
 def encodings(path: Path, n: int, levels: int = 10) -> None:
@@ -120,7 +123,13 @@ def _run(cmd: list[str], lock: str | None, big: bool) -> tuple[float, int, int]:
     return dt, ru.ru_maxrss * 1024, p.returncode
 
 
-def cli(files: list[Path], lock: str | None, tables: str, chunk: int | None) -> None:
+def cli(files: list[Path], lock: str | None, tables: str, chunk: int | None,
+        only: str | None = None) -> None:
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"(this process: peak RSS {own:.2f} GiB; children report their own, at least "
+          "this process's RSS when they were forked)")
     exe = [sys.executable, "-m", "mbo_lab.cli"]
     extra = [] if chunk is None else ["--chunk-records", str(chunk)]
     print(f"\n## mbo-lab mbp / export (default chunk unless --chunk) ({_load()})")
@@ -133,13 +142,15 @@ def cli(files: list[Path], lock: str | None, tables: str, chunk: int | None) -> 
         with tempfile.TemporaryDirectory(dir=os.environ.get("MBO_LAB_BENCH_TMP")) as tmp:
             out = Path(tmp) / "book.parquet"
             runs = [
-                ("mbp --levels 10 -> parquet", [*exe, "mbp", str(f), "-o", str(out), *extra],
-                 out),
+                ("mbp --levels 10 -> parquet", [*exe, "mbp", str(f), "-o", str(out), "--force",
+                                                 *extra], out),
                 (f"export --tables {tables}", [*exe, "export", str(f), "-o",
                                                str(Path(tmp) / "store"), "--tables", tables,
                                                *extra], Path(tmp) / "store"),
             ]
             for label, cmd, target in runs:
+                if only and not label.startswith(only):
+                    continue
                 dt, rss, rc = _run(cmd, lock, big)
                 size = (target.stat().st_size if target.is_file() else
                         sum(p.stat().st_size for p in target.rglob("*.parquet"))
@@ -167,6 +178,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None)
     ap.add_argument("--skip-encodings", action="store_true")
     ap.add_argument("--skip-cli", action="store_true")
+    ap.add_argument("--only", choices=["mbp", "export"], default=None)
     args = ap.parse_args()
     tmp = None
     if args.files:
@@ -182,7 +194,7 @@ def main() -> None:
         if not args.skip_encodings and plain:
             encodings(plain[0], args.encoding_records)
         if not args.skip_cli:
-            cli(files, args.lock, args.export_tables, args.chunk)
+            cli(files, args.lock, args.export_tables, args.chunk, args.only)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
