@@ -27,7 +27,7 @@ import numpy as np
 
 
 def _load() -> str:
-    return "load %.2f %.2f %.2f" % os.getloadavg()
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def _records_in(path: Path) -> int:
