@@ -7,7 +7,8 @@ stream, runs the case once and reports its wall time, CPU time and its own peak 
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``):
 
 * ``kernel1`` / ``kernel10``: kernel-only apply + top-1 / top-10 at every F_LAST into
-  pre-allocated, pre-touched outputs (the pure kernel rate);
+  pre-allocated, pre-touched outputs (the pure kernel rate); ``kernel1x2``: the same with
+  the books split over 2 threads (``threads`` in the result: 1 when the split is uneven);
 * ``floor1`` / ``floor10``: allocate and fill fresh arrays of the byte size of the frame
   ``bbo`` / ``mbp(levels=10)`` returns (the fresh-memory floor: a returned frame must be
   written to fresh memory once);
@@ -65,7 +66,20 @@ def timed(fn):
     return out
 
 
-if case.startswith("kernel"):
+if case.startswith("kernel") and "x" in case:
+    from mbo_lab.book import build as B
+    levels, nthreads = (int(x) for x in case[6:].split("x"))
+    recs = _readonly(data.records)
+    n_last, n_tr, _ = K.scan_counts(recs)
+    nthreads, mul = B._plan_threads(recs, nthreads)
+    res["threads"] = nthreads
+    buf = FrameBuffer(n_last, levels, column_major=levels > 1)
+    for a in buf.kernel_outputs():
+        a.view(np.uint8).fill(0)
+    tr = np.zeros(n_tr, np.int64)
+    timed(lambda: B._run_threads(recs, buf, tr, levels, nthreads, mul, 1 << 20, None))
+    res["frame_bytes"] = 0
+elif case.startswith("kernel"):
     levels = int(case[6:])
     recs = _readonly(data.records)
     n_last, n_tr, _ = K.scan_counts(recs)
@@ -173,8 +187,8 @@ def main() -> None:
     ap.add_argument("--lock", default=None, help="flock file for the --big sizes")
     ap.add_argument("--max-frame-gib", type=float, default=6.0,
                     help="skip mbp at every F_LAST when its frame would exceed this")
-    ap.add_argument("--cases", default="baseline,kernel1,kernel10,bbo,floor1,mbp10,floor10,"
-                                       "mbp10_100ms")
+    ap.add_argument("--cases", default="baseline,kernel1,kernel1x2,kernel10,bbo,floor1,mbp10,"
+                                       "floor10,mbp10_100ms")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     data_dir = Path(args.data_dir) if args.data_dir else None

@@ -208,22 +208,17 @@ def _utc(ns: np.ndarray):
 def _symbols(iid: np.ndarray, symbols: dict[int, str]) -> pd.Categorical:
     """Symbols of instrument ids as a Categorical, in one vectorised step (ids missing from
     ``symbols`` get "")."""
+    from . import kernel as K
+
     keys = np.array(sorted(symbols), dtype=np.int64)
     names = sorted(set(symbols.values()) | {""})
     code_of = {name: c for c, name in enumerate(names)}
     key_codes = np.array([code_of[symbols[int(k)]] for k in keys] + [code_of[""]],
                          dtype=np.int32)
-    if len(keys):
-        pos = np.searchsorted(keys, iid)
-        pos[pos >= len(keys)] = len(keys)
-        hit = pos < len(keys)
-        hit[hit] = keys[pos[hit]] == iid[hit]
-        pos[~hit] = len(keys)
-    else:
-        pos = np.zeros(len(iid), np.intp)
-    codes = key_codes[pos]
     ctype = np.int8 if len(names) < 127 else np.int16 if len(names) < 32767 else np.int32
-    return pd.Categorical.from_codes(codes.astype(ctype, copy=False), names)
+    codes = np.empty(len(iid), ctype)
+    K.symbol_codes(np.ascontiguousarray(iid, dtype=np.uint32), keys, key_codes, codes)
+    return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(names), validate=False)
 
 
 def _prices(px: np.ndarray, price_type: str) -> np.ndarray:

@@ -1202,6 +1202,30 @@ def part_sizes(recs, step, nparts, pmul, out):
 
 
 @njit(**_JIT)
+def symbol_codes(iid, keys, key_codes, out):
+    """``out[i] = key_codes[j]`` where ``keys[j] == iid[i]`` (``keys`` sorted), else
+    ``key_codes[-1]``: instrument ids to category codes in one pass (the last hit is
+    remembered, ids repeat)."""
+    nk = keys.shape[0]
+    last_id = np.int64(-1)
+    last_code = key_codes[nk]
+    for i in range(iid.shape[0]):
+        v = np.int64(iid[i])
+        if v != last_id:
+            lo = 0
+            hi = nk
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if keys[mid] < v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            last_code = key_codes[lo] if lo < nk and keys[lo] == v else key_codes[nk]
+            last_id = v
+        out[i] = last_code
+
+
+@njit(**_JIT)
 def scan_counts(recs):
     """``(records with F_LAST, Trade records, sum of Add/Modify sizes)`` of ``recs`` in one
     pass. The size sum bounds every level size a fresh book can reach from these records
