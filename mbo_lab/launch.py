@@ -253,6 +253,12 @@ def main(path: str | os.PathLike[str] | None = None, *, port: int | None = None,
             proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
+        # Compile (or load) the Numba kernels while JupyterLab starts and the page opens,
+        # so the notebook's first cell does not wait for a cold compile.
+        warm = subprocess.Popen([sys.executable, "-c", "import mbo_lab; mbo_lab.warmup()"],
+                                cwd=root, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
         stop = threading.Event()
 
         def _on_signal(signum: int, frame: Any) -> None:
@@ -277,7 +283,8 @@ def main(path: str | os.PathLike[str] | None = None, *, port: int | None = None,
                          f"({Path(sys.executable).parent.parent}):", f"    {url}"]
                 if data_line:
                     lines.append(data_line)
-                lines.append("Press Ctrl-C to stop JupyterLab and its kernels.")
+                lines.append("Run the notebook (Run > Run All Cells) to start the dashboard; "
+                             "Ctrl-C here stops JupyterLab and its kernels.")
                 print("\n".join(lines), flush=True)
                 if open_browser and can_open_browser():
                     threading.Thread(target=webbrowser.open_new_tab, args=(url,),
@@ -298,6 +305,9 @@ def main(path: str | os.PathLike[str] | None = None, *, port: int | None = None,
         finally:
             if proc.poll() is None:
                 _stop(proc)
+            if warm.poll() is None:
+                warm.terminate()
+                warm.wait()
             for sig, handler in old.items():
                 signal.signal(sig, handler)
 
