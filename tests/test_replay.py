@@ -286,3 +286,16 @@ def test_tick_and_time_zone(clx5):
     demo = mbo_lab.open(mbo_lab.synth_records(5_000, seed=1))
     assert demo.tick > 0
     assert demo.time_zone in ("UTC", "America/Chicago")
+
+
+def test_frame_trades_are_the_books_last_trades(synth_session):
+    s = synth_session
+    r = s.data.records
+    for book in s.books[:3]:
+        s.select(*book)
+        fr = s.seek(33_000)
+        sel = np.flatnonzero((r["action"] == b"T") & (r["instrument_id"] == book[0])
+                             & (r["publisher_id"] == book[1]))
+        want = sel[sel <= fr.record_index][-20:]
+        assert [t[0] for t in fr.trades] == r["ts_recv"][want].astype(np.int64).tolist()
+        assert [t[2] for t in fr.trades] == r["size"][want].astype(np.int64).tolist()

@@ -293,14 +293,23 @@ class Session:
             bar = tqdm(total=n, unit="rec", unit_scale=True, desc="checkpoints", leave=False)
         recs = self.data.records
         t0 = _time.perf_counter()
+        # the same pass collects the selected book's trades (for the frames' recent trades)
+        self.engine.trades = True
+        book_trades = []
+        iid, pub = self.instrument_id, self.publisher_id
         for lo in range(0, n, every):
             hi = min(n, lo + every)
-            self.engine.apply(recs[lo:hi], base_index=lo)
+            tr = self.engine.apply(recs[lo:hi], base_index=lo).trades
+            book_trades.append(tr[(recs["instrument_id"][tr] == iid)
+                                  & (recs["publisher_id"][tr] == pub)])
             self._checkpoints.append(_Checkpoint(hi, self.engine.state.copy()))
             if bar is not None:
                 bar.update(hi - lo)
         if bar is not None:
             bar.close()
+        self.engine.trades = False
+        self._lazy[("trades", int(self._key))] = (np.concatenate(book_trades) if book_trades
+                                                  else np.zeros(0, np.int64))
         self._cp_positions = np.array([c.position for c in self._checkpoints], np.int64)
         self.final_counters = self.engine.counters
         self.load_seconds = _time.perf_counter() - t0
