@@ -60,7 +60,7 @@ from numba import njit
 from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE
 
 __all__ = ["LiquidityGrid", "GridAccumulator", "KINDS", "time_edges", "price_grid",
-           "large_order_episodes", "LARGE_ORDER_K"]
+           "large_order_episodes", "resting_orders", "LARGE_ORDER_K", "MAX_LARGE_ORDERS"]
 
 #: Arrays of :meth:`LiquidityGrid.to_frame`: (bins, rows) cell kinds.
 KINDS = ("bid_twa", "ask_twa", "bid_max", "ask_max", "buy_volume", "sell_volume")
