@@ -349,7 +349,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_levels(args.levels, s.chunk_records)
     what = tuple(w.strip() for w in args.tables.split(",") if w.strip())
     summary = export(args.file, args.output, levels=args.levels, grid=args.grid, what=what,
-                     engine=args.engine, chunk_records=args.chunk_records, progress=None)
+                     engine=args.engine, chunk_records=args.chunk_records, progress=None,
+                     changes_only=args.changes_only)
     how = ("replaced its previous export" if summary["replaced"] else "added it")
     print(f"exported {summary['records']:,} records from {summary['source']} to "
           f"{summary['out_dir']} in {summary['seconds']:.2f} s ({how})")
@@ -488,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--levels", type=int, default=10, help="levels of the mbp table")
     ex.add_argument("--grid", "--every", dest="grid", default=None,
                     help="mbp: last state of each book per time bin, e.g. 100ms")
+    ex.add_argument("--changes-only", action="store_true",
+                    help="mbp: only states whose top-N changed (not with --grid/--every)")
     ex.add_argument("--tables", default="records,bbo,mbp,trades",
                     help="comma-separated subset of records,bbo,mbp,trades")
     ex.add_argument("--engine", default=None, choices=["numba", "reference"], help=engine_help)

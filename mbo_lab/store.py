@@ -786,6 +786,39 @@ class _GridSampler:
         return tbl, ts
 
 
+class _ChangeFilter:
+    """Keeps a book state only when its published top-N (prices, sizes, counts, cross)
+    differs from that book's previous state (so from its previous kept one), across
+    chunks: the ``changes_only`` rule of :func:`mbo_lab.mbp`."""
+
+    def __init__(self, levels: int):
+        self.levels = levels
+        self.last: dict[int, bytes] = {}  # book key -> values of its last state
+
+    def keep(self, fr: BookFrames, iid: np.ndarray, pub: np.ndarray) -> np.ndarray:
+        n = len(fr)
+        if n == 0:
+            return np.zeros(0, np.int64)
+        L = self.levels
+        vals = np.concatenate([np.asarray(getattr(fr, a))[:, :L].astype(np.int64, copy=False)
+                               for a in ("bid_px", "ask_px", "bid_sz", "ask_sz", "bid_ct",
+                                         "ask_ct")] +
+                              [fr.cross.astype(np.int64)[:, None]], axis=1)
+        row = np.ascontiguousarray(vals).view(np.dtype((np.void, vals.shape[1] * 8))).ravel()
+        key = (iid.astype(np.int64) << 16) | pub
+        order = np.argsort(key, kind="stable")
+        k, r = key[order], row[order]
+        same = k[1:] == k[:-1]
+        changed = np.ones(n, bool)
+        changed[1:] = ~(same & (r[1:] == r[:-1]))
+        for f in np.flatnonzero(np.r_[True, ~same]).tolist():  # first state of each book
+            if self.last.get(int(k[f])) == r[f].tobytes():
+                changed[f] = False
+        for j in np.flatnonzero(np.r_[~same, True]).tolist():  # last state of each book
+            self.last[int(k[j])] = r[j].tobytes()
+        return np.sort(order[changed])
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -793,7 +826,7 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
            grid: str | None = None, what: Sequence[str] = TABLES, *,
            engine: str | None = None, chunk_records: int | None = None,
            symbols: dict[int, str] | None = None, progress: bool | None = None,
-           name: str | None = None) -> dict[str, Any]:
+           name: str | None = None, changes_only: bool = False) -> dict[str, Any]:
     """Replay ``source`` and write Parquet tables partitioned by UTC day, in one atomic step.
 
     Parameters
@@ -815,6 +848,9 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
     progress : tqdm bar; None shows it for sources of 2M records or more.
     name : source key in the store (default: the file's resolved path, or ``"<memory>"``);
         exporting the same key again replaces all that it wrote before.
+    changes_only : ``mbp`` keeps only the states whose top-``levels`` (prices, sizes,
+        counts, cross) differ from the book's previous state (as :func:`mbo_lab.mbp`'s
+        ``changes_only``); not combined with ``grid``.
 
     Returns
     -------
@@ -850,6 +886,9 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
                 from exc
         if grid_ns <= 0:
             raise StoreError(f"grid must be a positive duration, got {grid!r}")
+    if changes_only and grid is not None:
+        raise StoreError("changes_only and grid cannot be combined in export (yet); use one, "
+                         "or mbo-lab mbp --every ... --changes-only for a single table")
     s = get_settings(engine=engine, chunk_records=chunk_records)
     from .config import check_levels
 
@@ -858,7 +897,8 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
     stream = stream_source(source, s.chunk_records, name=name)  # input checked first
     _check_output_dir(out)
     meta = {"format": _FORMAT_VERSION, "levels": levels if "mbp" in what else None,
-            "grid": grid, "price_scale": 1_000_000_000}
+            "grid": grid if not changes_only else "changes_only",
+            "price_scale": 1_000_000_000}
     m0 = _read_manifest(out)
     if m0 is None:
         _legacy_check(out)
@@ -875,6 +915,7 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
             progress = Path(source).stat().st_size >= 64 << 20
     bar = None
     sampler = _GridSampler(grid_ns) if grid_ns else None
+    changes = _ChangeFilter(levels) if changes_only and "mbp" in what else None
     try:
         stage = _Staging(out, meta, stream.key, stream.name)
     except OSError as exc:
@@ -915,7 +956,11 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
 
                 if "bbo" in what:
                     stage.write("bbo", lambda r: states(r, 1), ts_l, iid_l)
-                if "mbp" in what and sampler is None:
+                if "mbp" in what and changes is not None:
+                    kept = changes.keep(fr, iid_l, recs["publisher_id"][local])
+                    stage.write("mbp", lambda r, kept=kept: states(kept[r], levels),
+                                ts_l[kept], iid_l[kept])
+                elif "mbp" in what and sampler is None:
                     stage.write("mbp", lambda r: states(r, levels), ts_l, iid_l)
                 elif "mbp" in what:
                     tbl, ts = sampler.step(fr, recs[local], levels, symbols)

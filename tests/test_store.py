@@ -455,3 +455,18 @@ def test_export_checks_input_and_output_first(recs, tmp_path):
         store.export(recs[:100], tmp_path / "file")
     e = store._os_error(OSError(_errno.EROFS, "ro"), out, "the store")
     assert "read-only" in str(e)
+
+
+def test_changes_only_equals_the_api(recs, tmp_path):
+    """export(changes_only=True) keeps the states mbo_lab.mbp(changes_only=True) keeps
+    (small chunks: the comparison with a book's previous state crosses chunks)."""
+    s = store.export(recs, tmp_path, levels=3, what=("mbp",), changes_only=True,
+                     chunk_records=1_300, progress=False)
+    got = store.read(tmp_path, "mbp")
+    want = mbo_lab.mbp(recs, 3, changes_only=True, price_type="fixed")
+    assert 0 < len(got) < len(mbo_lab.bbo(recs))
+    assert got["record_index"].tolist() == want["record_index"].tolist()
+    assert (got["bid_px_02_fixed"].to_numpy() == want["bid_px_02"].to_numpy()).all()
+    assert s["tables"]["mbp"]["rows"] == len(want)
+    with pytest.raises(store.StoreError, match="combined"):
+        store.export(recs, tmp_path / "x", levels=3, grid="1s", changes_only=True)
