@@ -350,7 +350,12 @@ def test_threads_option_and_planner(small_synth, monkeypatch):
 
     kr = B._readonly(small_synth)
     assert B._plan_threads(kr, 1) == (1, 1)
+    assert B._plan_threads(kr, None) == (1, 1)  # off unless asked
+    monkeypatch.setattr(B, "PARALLEL_MIN_RECORDS", 1000)
+    monkeypatch.setenv("MBO_LAB_THREADS", "2")
+    assert B._plan_threads(kr, None) == B._plan_threads(kr, 2)
     assert B._plan_threads(kr[:10], None) == (1, 1)  # small streams stay on one thread
+    monkeypatch.delenv("MBO_LAB_THREADS")
     n, mul = B._plan_threads(kr, 2)
     if n == 2:
         sizes = B._part_sizes(kr, 1, 2, mul)

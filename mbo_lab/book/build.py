@@ -130,12 +130,12 @@ def _plan_threads(recs: np.ndarray, threads: int | None) -> tuple[int, int]:
     """``(threads, multiplier)`` for a book-parallel pass (1 when not worth it)."""
     if threads is None:
         env = os.environ.get("MBO_LAB_THREADS")
-        if env:
-            threads = int(env)
-        elif len(recs) < PARALLEL_MIN_RECORDS:
+        if not env or len(recs) < PARALLEL_MIN_RECORDS:
             return 1, 1
-        else:
-            threads = min(2, os.cpu_count() or 1)
+        try:
+            threads = int(env)
+        except ValueError:
+            raise EngineError(f"MBO_LAB_THREADS must be an int, got {env!r}") from None
     threads = int(threads)
     if threads < 1:
         raise EngineError(f"threads must be >= 1, got {threads}")
@@ -209,8 +209,10 @@ def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
     ``threads``: the books of a stream are independent, so without sampling the Numba
     engine can apply them in parallel threads (the kernel releases the GIL), each thread
     owning a subset of the books and writing its rows of the shared outputs. None (default)
-    picks ``MBO_LAB_THREADS`` or up to 2 threads for streams of >= 2M records whose books
-    split evenly enough (no part above 75 % of the records); 1 turns it off.
+    uses ``MBO_LAB_THREADS`` for streams of >= 2M records, else one thread; an explicit
+    number is used when the books split evenly enough (no part above 75 % of the
+    records). Off by default: on a busy machine (more runnable processes than cores) the
+    threads wait for each other and were measured slower than one thread.
     """
     s = get_settings(engine=engine, chunk_records=chunk_records)
     every = every_ns(every)

@@ -437,11 +437,14 @@ def _book_probe(BH, key, bkmask, k0, k1):
 
 
 @njit(inline="always", **_JIT)
-def _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1):
-    """Book of record ``j`` (-1: none yet) and the home row of its order in the order
-    hash, which is prefetched."""
+def _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1, nparts, part, pmul):
+    """Book of record ``j`` (-1: none yet, or another thread's book) and the home row of
+    its order in the order hash, which is prefetched."""
     r = recs[np.uint64(j)]
     key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
+    if nparts > 1 and np.int64(((np.uint64(key) * np.uint64(pmul)) >> np.uint64(40))
+                               % np.uint64(nparts)) != part:
+        return np.int64(-1), np.int64(0)
     b = _book_probe(BH, key, bkmask, k0, k1)
     h = _ohash(np.int64(r.order_id), b, ohmask, k0, k1)
     _prefetch(OH, np.uint64(2 * h))
@@ -449,9 +452,9 @@ def _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1):
 
 
 @njit(**_JIT)
-def _peek_call(recs, j, BH, bkmask, OH, ohmask, k0, k1):
+def _peek_call(recs, j, BH, bkmask, OH, ohmask, k0, k1, nparts, part, pmul):
     """:func:`_peek` as a call (not inlined), for the few look-ups before the loop."""
-    return _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1)
+    return _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1, nparts, part, pmul)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -788,10 +791,14 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
     b3, h3 = np.int64(-1), np.int64(0)
     b4, h4 = np.int64(-1), np.int64(0)
     if stop > start:
-        b1, h1 = _peek_call(recs, start, BH, bkmask, OH, ohmask, k0, k1)
-        b2, h2 = _peek_call(recs, min(start + 1, last), BH, bkmask, OH, ohmask, k0, k1)
-        b3, h3 = _peek_call(recs, min(start + 2, last), BH, bkmask, OH, ohmask, k0, k1)
-        b4, h4 = _peek_call(recs, min(start + 3, last), BH, bkmask, OH, ohmask, k0, k1)
+        b1, h1 = _peek_call(recs, start, BH, bkmask, OH, ohmask, k0, k1, nparts,
+                            part, pmul)
+        b2, h2 = _peek_call(recs, min(start + 1, last), BH, bkmask, OH, ohmask, k0, k1, nparts,
+                            part, pmul)
+        b3, h3 = _peek_call(recs, min(start + 2, last), BH, bkmask, OH, ohmask, k0, k1, nparts,
+                            part, pmul)
+        b4, h4 = _peek_call(recs, min(start + 3, last), BH, bkmask, OH, ohmask, k0, k1, nparts,
+                            part, pmul)
     for i in range(start, stop):
         r = recs[np.uint64(i)]
         act = r.action
@@ -802,7 +809,8 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
         b1, h1 = b2, h2
         b2, h2 = b3, h3
         b3, h3 = b4, h4
-        b4, h4 = _peek(recs, min(i + 4, last), BH, bkmask, OH, ohmask, k0, k1)
+        b4, h4 = _peek(recs, min(i + 4, last), BH, bkmask, OH, ohmask, k0, k1, nparts,
+                       part, pmul)
         # the order row of record i+1 (if its home hash row holds it) into cache
         t1 = OH[np.uint64(2 * h1 + 1)]
         _prefetch(OR, np.uint64((t1 & SLOT_MASK) * N_OCOLS if t1 >= 0 else 0))
