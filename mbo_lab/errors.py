@@ -23,7 +23,15 @@ __all__ = [
 
 
 class MboLabError(Exception):
-    """Base class of every error mbo_lab raises on purpose."""
+    """Base class of every error mbo_lab raises on purpose.
+
+    In IPython/Jupyter these errors show as their message alone (no traceback into the
+    package): the message already says what was wrong, where and what to do.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython hook: one line, ``ErrorType: message``, instead of a full traceback."""
+        return [f"{type(self).__name__}: {self}"]
 
 
 class DataError(MboLabError):

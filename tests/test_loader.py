@@ -1057,3 +1057,16 @@ def test_writer_failure_leaves_old_file_and_no_part(clx5, tmp_path, monkeypatch,
     monkeypatch.setattr(dbn.os, "replace", real_replace)
     assert out.read_bytes() == b"old content"
     assert sorted(x.name for x in tmp_path.iterdir()) == [out.name]
+
+
+def test_package_errors_render_without_traceback_in_ipython():
+    """IPython shows a MboLabError as its message alone (``_render_traceback_``)."""
+    from mbo_lab.errors import DataError, MboLabError
+
+    err = DataError("no such file: x.dbn; check the path")
+    assert isinstance(err, MboLabError)
+    assert err._render_traceback_() == ["DataError: no such file: x.dbn; check the path"]
+    with pytest.raises(DataError) as info:
+        mbo_lab.load("/nonexistent/dir/x.dbn")
+    lines = info.value._render_traceback_()
+    assert len(lines) == 1 and "x.dbn" in lines[0] and "Traceback" not in lines[0]
