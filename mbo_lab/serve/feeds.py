@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics
-from ..io.records import px_to_float
+from ..io.records import byte_char, px_to_float
 from ..replay.session import Frame, Session, record_effect
 
 __all__ = ["RecordFeed", "BookHub", "RECORD_FIELDS", "sse_event", "http_chunk", "dumps"]
@@ -100,7 +100,7 @@ class RecordFeed:
         cols = [
             range(lo, hi), r["ts_recv"].tolist(), r["ts_event"].tolist(),
             r["instrument_id"].tolist(), r["publisher_id"].tolist(),
-            [a.decode() for a in action_b], [sd.decode() for sd in side_b],
+            [byte_char(a) for a in action_b], [byte_char(sd) for sd in side_b],
             [None if p != p else p for p in px], size, oid,
             r["flags"].tolist(), r["channel_id"].tolist(), r["sequence"].tolist(), effects,
         ]

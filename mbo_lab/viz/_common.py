@@ -490,7 +490,7 @@ def history_fallback(session: Any, points: int = 300, span_ns: int | None = None
     import pandas as pd
 
     from ..book.engine import NumbaEngine
-    from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE
+    from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE, byte_chars
 
     recs = session.data.records
     ts = recs["ts_recv"]
@@ -532,7 +532,7 @@ def history_fallback(session: Any, points: int = 300, span_ns: int | None = None
     trades = pd.DataFrame(
         {"price": tr["price"].astype(np.float64) / FIXED_PRICE_SCALE,
          "size": tr["size"].astype(np.int64),
-         "side": np.array([s.decode() for s in tr["side"]], dtype=object),
+         "side": byte_chars(tr["side"]),
          "record_index": tsel.astype(np.int64)},
         index=pd.DatetimeIndex(tr["ts_recv"].astype(np.int64), tz="UTC", name="ts_recv"))
     if len(trades) > max_trades:
