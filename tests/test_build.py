@@ -367,3 +367,17 @@ def test_threads_option_and_planner(small_synth, monkeypatch):
     assert_df_equals_reference(df, mbo_lab.bbo(small_synth, engine="reference"))
     assert_df_equals_reference(mbo_lab.mbp(small_synth, 3, threads=2),
                                mbo_lab.mbp(small_synth, 3, engine="reference"))
+
+
+def test_engine_apply_sampled_grows_and_flushes(small_synth):
+    """NumbaEngine.apply with sampling: small outputs that grow (NEED_OUT), chunk by
+    chunk, then flush(): the same states as the reference oracle."""
+    want = reference_frames(small_synth, 2)
+    for every, co in ((None, True), (10**6, False), (10**8, True)):
+        eng = NumbaEngine(2, every=every, changes_only=co)
+        parts = [eng.apply(small_synth[lo: lo + 7_000], base_index=lo)
+                 for lo in range(0, len(small_synth), 7_000)]
+        parts.append(eng.flush())
+        assert eng.pending == 0
+        got = BookFrames.concat(parts, 2)
+        assert_same_states(got, want, oracle_rows(want, small_synth, every, co))

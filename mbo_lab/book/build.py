@@ -126,6 +126,20 @@ def _part_sizes(recs: np.ndarray, step: int, nparts: int, mul: int) -> np.ndarra
     return out
 
 
+def _sampled_rows(recs: np.ndarray, n_last: int, every: int | None) -> int:
+    """Output rows to allocate for a sampled pass (no regrowth in the usual case): at most
+    one state per book and time bin on a grid, else (changes only) every F_LAST; rows
+    that are never written stay untouched virtual memory."""
+    if not every or not len(recs):
+        return n_last + 16
+    ts = recs["ts_recv"]
+    span = max(0, int(ts[-1]) - int(ts[0]))
+    sample = recs[:: max(1, len(recs) // 200_000)]
+    keys = (sample["instrument_id"].astype(np.int64) << 16) | sample["publisher_id"]
+    books = len(np.unique(keys))
+    return min(n_last, (span // every + 2) * books) + books + 16
+
+
 def _plan_threads(recs: np.ndarray, threads: int | None) -> tuple[int, int]:
     """``(threads, multiplier)`` for a book-parallel pass (1 when not worth it)."""
     if threads is None:
@@ -246,7 +260,7 @@ def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
         sampled = every is not None or changes_only
         nthreads, pmul = (1, 1) if sampled else _plan_threads(recs, threads)
         narrow = compact and size_sum <= _U32_MAX
-        cap = n_last if not sampled else min(n_last, 1 << 16) + 16
+        cap = n_last if not sampled else _sampled_rows(recs, n_last, every)
         buf = FrameBuffer(cap, levels, px=np.float64 if price_type == "float" else np.int64,
                           sz=np.uint32 if narrow else np.int64,
                           ct=np.uint32 if narrow else np.int32, column_major=True, fields=True)
@@ -316,7 +330,7 @@ def iter_frames(path: str | os.PathLike, levels: int = 10, engine: str | None = 
     for chunk in iter_chunks(path, s.chunk_records, progress=progress):
         recs = _readonly(chunk.records)
         n_last, n_trades, _ = K.scan_counts(recs)
-        need = n_last if not sampled else min(n_last, 1 << 14) + 16
+        need = n_last if not sampled else n_last + len(eng._smp[2]) + 16
         if buf is None or not reuse or buf.capacity < need:
             buf = FrameBuffer(max(need, 1), levels, px=px, column_major=True, fields=True)
         trade_idx = np.empty(n_trades, np.int64)
