@@ -11,6 +11,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import mbo_lab
@@ -28,7 +29,7 @@ from mbo_lab.viz import (
 )
 from mbo_lab.viz._common import (
     StickyRange,
-    history_fallback,
+    history,
     js_key,
     nice_ticks,
     price_decimals,
@@ -169,22 +170,23 @@ def test_price_and_size_ticks():
         assert len(t) >= 2 and len(set(t)) == len(t)
 
 
-def test_session_tick_time_zone_and_history_fallback(session, clx5):
+def test_session_tick_time_zone_and_history(session, clx5):
     assert session_tick(session) == 0.25  # synthetic ES book
     assert session_time_zone(session) in ("UTC", "America/Chicago")
     s = mbo_lab.open(clx5)
     assert session_tick(s) == 0.01
     assert session_time_zone(s) == "America/Chicago"  # GLBX.MDP3
     s.seek(time="2025-09-24 21:50")
-    df = history_fallback(s, points=200, span_ns=10 * 60 * 10**9)
+    df = history(s, points=200, span_ns=10 * 60 * 10**9)
     assert len(df) == 200 and str(df.index.tz) == "UTC"
-    assert df.index[-1].value == int(s.frame().ts_recv)
+    # Session.history: each row is the state 1 ns before its time; the last is the current one
+    assert df.index[-1].value == int(s.frame().ts_recv) + 1
     # the last point is the current BBO (computed from checkpoints, not from frames)
     fr = s.frame()
     assert df["bid"].iloc[-1] == fr.best_bid and df["ask"].iloc[-1] == fr.best_ask
     # every point equals the session's own state at that time
     for k in (0, 57, 133):
-        t = df.index[k]
+        t = df.index[k] - pd.Timedelta(1, "ns")
         f2 = s.seek(time=t)
         assert df["bid"].iloc[k] == f2.best_bid or (np.isnan(df["bid"].iloc[k])
                                                      and np.isnan(f2.best_bid))
@@ -514,7 +516,7 @@ def test_controls_drive_a_real_session(session):
     c.end_button.click()
     assert session.position == len(session)
     c.start_button.click()
-    assert session.record_index <= 1 + int(session._flags_last[0])
+    assert session.record_index <= session.seek(0).record_index + 1
     c.slider.value = 20_000  # seek
     assert abs(session.record_index - 20_000) < 100 and session.record_index <= 20_000
     c.speed.value = 10.0

@@ -52,6 +52,7 @@ from ..io.records import (
     F_LAST,
     FIXED_PRICE_SCALE,
     UNDEF_PRICE,
+    byte_char,
     flag_names,
     kernel_view,
     px_to_float,
@@ -400,7 +401,7 @@ class Session:
         for j in bt[max(0, t_hi - 20): t_hi]:
             r = self.data.records[j]
             trades.append((int(r["ts_recv"]), float(px_to_float(int(r["price"]))),
-                           int(r["size"]), r["side"].decode()))
+                           int(r["size"]), byte_char(r["side"])))
         bi = int(scan.prev_of_book(self._kv, i, self._key))
         return Frame(
             seq=self.seq, position=self.position, record_index=i,
@@ -714,7 +715,7 @@ def describe_record(rec: np.void) -> dict[str, Any]:
     """A record as a JSON-ready dict (price float, flags by name)."""
     price = int(rec["price"])
     return {
-        "action": rec["action"].decode(), "side": rec["side"].decode(),
+        "action": byte_char(rec["action"]), "side": byte_char(rec["side"]),
         "price": None if price == int(UNDEF_PRICE) else price / FIXED_PRICE_SCALE,
         "size": int(rec["size"]), "order_id": int(rec["order_id"]),
         "flags": flag_names(int(rec["flags"])), "ts_recv": int(rec["ts_recv"]),
@@ -725,8 +726,8 @@ def describe_record(rec: np.void) -> dict[str, Any]:
 
 def record_effect(rec: np.void) -> str:
     """One line saying what the record does to the book."""
-    a = rec["action"].decode()
-    side = _SIDES.get(rec["side"].decode(), "?")
+    a = byte_char(rec["action"])
+    side = _SIDES.get(byte_char(rec["side"]), "?")
     price = int(rec["price"])
     px = "UNDEF" if price == int(UNDEF_PRICE) else f"{price / FIXED_PRICE_SCALE:.6g}"
     name = _ACTIONS.get(a, f"unknown action {a!r}")

@@ -27,7 +27,7 @@ from ..book.grid import (
     time_edges,
 )
 from ..errors import MboLabError
-from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE
+from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE, byte_chars
 from . import scan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -246,7 +246,7 @@ def _trade_frame(recs: np.ndarray, idx: np.ndarray) -> pd.DataFrame:
     tr = recs[idx]
     px = tr["price"].astype(np.int64)
     price = np.where(px == UNDEF_PRICE, np.nan, px / FIXED_PRICE_SCALE)
-    side = tr["side"].astype("U1").astype(object) if len(tr) else np.array([], dtype=object)
+    side = byte_chars(tr["side"])
     return pd.DataFrame(
         {"price": price.astype(np.float64), "size": tr["size"].astype(np.int64),
          "side": side, "record_index": idx.astype(np.int64)},

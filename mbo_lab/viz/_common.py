@@ -418,44 +418,13 @@ def size_ticks(hi: float, n: int = 4) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- session access
 def session_tick(session: Any) -> float | None:
-    """The selected book's price increment: ``session.tick`` (contract B) or, until the
-    session has it, the smallest positive gap between distinct prices of the book's
-    records (cached per session and book)."""
-    t = getattr(type(session), "tick", None)
-    if t is not None:
-        try:
-            v = float(session.tick)
-            if math.isfinite(v) and v > 0:
-                return v
-        except Exception:  # noqa: BLE001 - fall back to our own inference
-            pass
-    key = (id(session), getattr(session, "instrument_id", 0), getattr(session, "publisher_id", 0))
-    if key in _TICKS:
-        return _TICKS[key]
-    tick = _infer_tick_from_records(session)
-    _TICKS[key] = tick
-    return tick
-
-
-_TICKS: dict[tuple, float | None] = {}
-
-
-def _infer_tick_from_records(session: Any) -> float | None:
-    from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE
-
-    recs = session.data.records
-    m = ((recs["instrument_id"] == session.instrument_id)
-         & (recs["publisher_id"] == session.publisher_id))
-    px = recs["price"][m]
-    px = px[(px != UNDEF_PRICE) & (px > -UNDEF_PRICE)]
-    if len(px) > 2_000_000:
-        px = px[:: len(px) // 2_000_000 + 1]
-    u = np.unique(px)
-    if len(u) < 2:
+    """The selected book's price increment (``session.tick``, inferred by the session from
+    the data); None when the session cannot tell."""
+    try:
+        v = float(session.tick)
+    except (AttributeError, TypeError, ValueError):
         return None
-    d = np.diff(u)
-    g = int(np.gcd.reduce(d[d > 0]))
-    return round(g / FIXED_PRICE_SCALE, 9) if g > 0 else None
+    return v if math.isfinite(v) and v > 0 else None
 
 
 def frame_book_record(frame: Any) -> tuple[dict, bool]:
@@ -472,74 +441,10 @@ def frame_book_record(frame: Any) -> tuple[dict, bool]:
 
 def history(session: Any, points: int = 300, span_ns: int | None = None) -> Any:
     """BBO path (``bid``, ``ask``, ``mid``; DatetimeIndex UTC on a regular grid) ending at
-    the session's position, trades of the same window in ``df.attrs["trades"]``.
-
-    Uses ``session.history`` (contract B) when the session has it, else
-    :func:`history_fallback` (the same, computed here from the session's checkpoints)."""
-    fn = getattr(session, "history", None)
-    if callable(fn):
-        return fn(points=points, span_ns=span_ns)
-    return history_fallback(session, points=points, span_ns=span_ns)
-
-
-def history_fallback(session: Any, points: int = 300, span_ns: int | None = None,
-                     max_trades: int = 5000) -> Any:
-    """:func:`history` from the session's checkpoints with a separate engine (the session's
-    own state is not touched). The window is ``span_ns`` (default: 15 minutes, cut at the
-    start of the data) ending at the current record."""
-    import pandas as pd
-
-    from ..book.engine import NumbaEngine
-    from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE, byte_chars
-
-    recs = session.data.records
-    ts = recs["ts_recv"]
-    pos = int(session.position)
-    t_end = int(ts[pos - 1])
-    span_ns = int(span_ns or 15 * 60 * 10**9)
-    t_start = max(int(ts[0]), t_end - span_ns)
-    i0 = int(np.searchsorted(ts, np.uint64(t_start), "left"))
-    cps = session._checkpoints
-    k = int(np.searchsorted([c.position for c in cps], i0, "right")) - 1
-    cp = cps[max(k, 0)]
-    eng = NumbaEngine(levels=1, state=cp.state.copy(), trades=False)
-    fr = eng.apply(recs[cp.position:pos], base_index=cp.position)
-    iid, pub = session.instrument_id, session.publisher_id
-    idx = fr.index
-    mine = (recs["instrument_id"][idx] == iid) & (recs["publisher_id"][idx] == pub)
-    idx = idx[mine]
-    bid = fr.bid_px[mine, 0].astype(np.float64)
-    ask = fr.ask_px[mine, 0].astype(np.float64)
-    bid[fr.bid_px[mine, 0] == UNDEF_PRICE] = np.nan
-    ask[fr.ask_px[mine, 0] == UNDEF_PRICE] = np.nan
-    bid /= FIXED_PRICE_SCALE
-    ask /= FIXED_PRICE_SCALE
-    st = ts[idx].astype(np.int64)
-    points = max(2, int(points))
-    grid = t_start + (np.arange(points, dtype=np.int64) * (t_end - t_start)) // (points - 1)
-    j = np.searchsorted(st, grid, "right") - 1
-    ok = j >= 0
-    gb = np.full(points, np.nan)
-    ga = np.full(points, np.nan)
-    gb[ok], ga[ok] = bid[j[ok]], ask[j[ok]]
-    mid = np.where(np.isfinite(gb) & np.isfinite(ga) & (gb < ga), (gb + ga) / 2, np.nan)
-    df = pd.DataFrame({"bid": gb, "ask": ga, "mid": mid},
-                      index=pd.DatetimeIndex(grid, tz="UTC", name="ts_recv"))
-    # trades of the book in the same window
-    tsel = np.flatnonzero(recs["action"][i0:pos] == b"T") + i0
-    tsel = tsel[(recs["instrument_id"][tsel] == iid) & (recs["publisher_id"][tsel] == pub)]
-    tr = recs[tsel]
-    trades = pd.DataFrame(
-        {"price": tr["price"].astype(np.float64) / FIXED_PRICE_SCALE,
-         "size": tr["size"].astype(np.int64),
-         "side": byte_chars(tr["side"]),
-         "record_index": tsel.astype(np.int64)},
-        index=pd.DatetimeIndex(tr["ts_recv"].astype(np.int64), tz="UTC", name="ts_recv"))
-    if len(trades) > max_trades:
-        keep = np.sort(np.argsort(-trades["size"].to_numpy(), kind="stable")[:max_trades])
-        trades = trades.iloc[keep]
-    df.attrs["trades"] = trades
-    return df
+    the session's position, trades of the same window in ``df.attrs["trades"]``: the
+    session's :meth:`~mbo_lab.replay.session.Session.history` (computed by the kernel from
+    checkpoints; views never touch kernel state themselves)."""
+    return session.history(points=points, span_ns=span_ns)
 
 
 def data_warnings(session: Any) -> list[str]:
