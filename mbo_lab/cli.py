@@ -134,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     path = demo_path()
     print(f"demo data: {path} (synthetic, deterministic)")
     _print_summary(_summary(str(path), _engine(args)))
-    print("\nNext: `jupyter lab notebooks/` for the notebooks, or "
+    print("\nNext: `mbo-lab lab` (or `make demo` in a checkout) for the dashboard notebook, or "
           "`mbo-lab mbp FILE --levels 10 -o out.parquet`.")
     return 0
 
@@ -407,8 +407,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
         from . import launch
     except ImportError as exc:
         raise MboLabError(f"`mbo-lab lab` is not available in this installation ({exc}); "
-                          "run `jupyter lab notebooks/` instead.") from None
-    if args.file is not None:
+                          "install the `lab` extra (pip install 'mbo_lab[lab]').") from None
+    if args.file is not None and not str(args.file).endswith(".ipynb"):
         from .store import check_input
 
         check_input(args.file)
@@ -431,7 +431,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"API:    {srv.url}openapi.json   (Ctrl-C stops)", flush=True)
 
     return run(session, host=args.host, port=args.port, token=args.token, speed=speed,
-               announce=announce)
+               announce=announce, token_file=args.token_file,
+               allowed_hosts=args.allowed_host)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -513,8 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("file", nargs="?", default=None)
     sv.add_argument("--host", default=None, help="interface (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=None, help="port (default: a free one)")
-    sv.add_argument("--token", default=None, help="API token (default: MBO_LAB_TOKEN or "
-                    "generated)")
+    sv.add_argument("--token", default=None, help="API token; visible in `ps`: prefer "
+                    "MBO_LAB_TOKEN or --token-file (default: those, else generated)")
+    sv.add_argument("--token-file", default=None,
+                    help="read the API token from this file (or MBO_LAB_TOKEN_FILE)")
+    sv.add_argument("--allowed-host", action="append", default=None, metavar="HOST",
+                    help="Host header to accept besides loopback names (repeatable)")
     sv.add_argument("--speed", default="1", help="replay speed, 0.1..1000 or 'max'")
     sv.set_defaults(func=cmd_serve)
 

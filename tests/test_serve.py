@@ -780,3 +780,53 @@ def test_cli_serve_standalone(tmp_path):
     text = out.decode()
     assert f"http://127.0.0.1:{port}/" in text
     assert TOKEN not in text and "#token=" not in text  # it came from MBO_LAB_TOKEN
+
+
+def test_cli_serve_token_file_and_allowed_host(tmp_path):
+    """`serve --token-file F --allowed-host H`: the token comes from the file (never printed,
+    never on the command line) and Host H is accepted without it, other names are not."""
+    path = tmp_path / "s.dbn"
+    mbo_lab.write_dbn(path, mbo_lab.synth_records(2000, seed=3))
+    secret = "file-token-0123456789"
+    (tmp_path / "tok").write_text(secret + "\n")
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MBO_LAB_TOKEN")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mbo_lab.cli", "serve", str(path), "--port", str(port),
+         "--token-file", str(tmp_path / "tok"), "--allowed-host", "book.example.test"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+
+    async def main():
+        async with aiohttp.ClientSession() as http:
+            for _ in range(1200):
+                try:
+                    async with http.get(base + "/health") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+            async with http.get(base + "/v1/info",
+                                headers={"Host": "book.example.test"}) as r:
+                allowed = r.status
+            async with http.get(base + "/v1/info", headers={"Host": "evil.example"}) as r:
+                other = r.status
+            async with http.post(base + "/v1/player", json={"action": "pause"},
+                                 headers={"Authorization": "Bearer " + secret}) as r:
+                with_token = r.status
+            async with http.post(base + "/v1/player", json={"action": "pause"},
+                                 headers={"Authorization": "Bearer wrong-token-xxxx"}) as r:
+                wrong = r.status
+            return allowed, other, with_token, wrong
+
+    try:
+        allowed, other, with_token, wrong = run(main())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()
+    assert allowed == 200 and other == 421
+    assert with_token == 200 and wrong in (401, 403)
+    assert secret not in out.decode() and secret not in err.decode()
