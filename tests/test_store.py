@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -269,26 +268,40 @@ def test_bad_arguments(recs, tmp_path):
         store.export(recs, tmp_path, levels=0)
 
 
+_MEMORY_PROBE = """
+import json, sys, tracemalloc
+import pyarrow as pa
+import mbo_lab
+from mbo_lab import store
+out = []
+for n in (60_000, 240_000):
+    path = mbo_lab.write_synth(f"{sys.argv[1]}/big{n}.dbn.zst", n, seed=3, progress=False)
+    tracemalloc.start()
+    s = store.export(path, f"{sys.argv[1]}/big{n}", levels=5, grid="1s",
+                     chunk_records=10_000, progress=False)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    out.append([s["records"], peak])
+print(json.dumps({"runs": out, "arrow_max": pa.default_memory_pool().max_memory()}))
+"""
+
+
 def test_memory_is_bounded_by_chunk(tmp_path):
     """From .dbn.zst in 10k-record chunks, 4x the records take about the same peak memory:
-    the export never holds the whole stream (NumPy peak and Arrow's pool)."""
-    import pyarrow as pa
+    the export never holds the whole stream (NumPy peak and Arrow's pool). Runs in a fresh
+    process: Arrow's pool high-water mark is process-wide, so other tests would inflate it."""
+    import json
+    import subprocess
+    import sys
 
-    peaks = []
-    for n in (60_000, 240_000):
-        path = mbo_lab.write_synth(tmp_path / f"big{n}.dbn.zst", n, seed=3, progress=False)
-        pool = pa.default_memory_pool()
-        tracemalloc.start()
-        try:
-            s = store.export(path, tmp_path / f"big{n}", levels=5, grid="1s",
-                             chunk_records=10_000, progress=False)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        assert s["records"] == n
-        peaks.append(peak)
-    assert peaks[1] < 1.3 * peaks[0], f"NumPy peaks {[p / 2**20 for p in peaks]} MiB"
-    assert pool.max_memory() < 64 << 20
+    res = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    (n0, p0), (n1, p1) = got["runs"]
+    assert (n0, n1) == (60_000, 240_000)
+    assert p1 < 1.3 * p0, f"NumPy peaks {p0 / 2**20:.1f}, {p1 / 2**20:.1f} MiB"
+    assert got["arrow_max"] < 64 << 20, got["arrow_max"]
 
 
 def test_cli_export(tmp_path, capsys):

@@ -252,6 +252,10 @@ def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
             frames = BookFrames.concat(parts, levels)
             if every or changes_only:
                 frames = _sample_reference(frames, data.records, every, changes_only)
+            if compact and K.scan_counts(_readonly(data.records))[2] <= _U32_MAX:
+                # the same exact narrowing as the kernel path: equal frames, equal dtypes
+                for f in ("bid_sz", "ask_sz", "bid_ct", "ask_ct"):
+                    setattr(frames, f, getattr(frames, f).astype(np.uint32))
             frames.counters = eng.counters
             return frames, data
         eng = NumbaEngine(levels, every=every, changes_only=changes_only)
