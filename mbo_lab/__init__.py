@@ -29,11 +29,16 @@ from .book.reference import Book, Market
 from .book.state import BookState
 from .config import Settings, get_settings
 from .errors import (
+    ArgumentError,
     ConfigError,
+    CorruptFileError,
     DataError,
     EngineError,
+    FileChangedError,
+    InputPathError,
     MboLabError,
     NotDbnError,
+    OutputError,
     TruncatedFileError,
     UnsupportedVersionError,
     WrongSchemaError,
@@ -53,7 +58,8 @@ __all__ = [
     "SPEED_MAX", "analytics", "store", "export", "read_store", "batch", "BatchResult",
     "fetch", "start_live", "LiveRecorder",
     "MboLabError", "DataError", "NotDbnError", "WrongSchemaError", "UnsupportedVersionError",
-    "TruncatedFileError", "ConfigError", "EngineError",
+    "TruncatedFileError", "ConfigError", "EngineError", "CorruptFileError", "FileChangedError",
+    "InputPathError", "ArgumentError", "OutputError",
 ]
 
 #: Names imported on first use: name -> (module, attribute or None for the module).

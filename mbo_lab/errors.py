@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "ArgumentError",
     "EngineError",
+    "OutputError",
 ]
 
 
@@ -111,3 +112,9 @@ class ArgumentError(ConfigError, ValueError):
 
 class EngineError(MboLabError):
     """A book engine was misused (unknown engine name, bad arguments)."""
+
+
+class OutputError(MboLabError):
+    """An output file or folder could not be written: missing or read-only folder, full
+    disk, a folder where a file is expected (or the reverse), an existing file that is not
+    to be replaced. Nothing half-written is left behind."""

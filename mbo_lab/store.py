@@ -85,7 +85,7 @@ from .book.build import Source, as_data
 from .book.engine import make_engine
 from .book.frames import CROSS_CROSSED, CROSS_LOCKED, BookFrames
 from .config import get_settings
-from .errors import DataError, MboLabError
+from .errors import DataError, MboLabError, OutputError
 from .io.dbn import MboData, iter_chunks
 from .io.records import (
     ACTION_TRADE,
@@ -127,10 +127,6 @@ class StoreError(MboLabError):
     """A Parquet store could not be written or read (bad arguments, missing table)."""
 
 
-class OutputError(MboLabError):
-    """An output file or folder could not be written: missing or read-only folder, full
-    disk, a folder where a file is expected (or the reverse), an existing file that is not
-    to be replaced. Nothing half-written is left behind."""
 
 
 # --------------------------------------------------------------------------- edges: input
