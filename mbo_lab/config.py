@@ -22,7 +22,7 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = ["Settings", "get_settings", "databento_api_key", "ENV_PREFIX", "MAX_LEVELS",
-           "MAX_CHUNK_RECORDS", "check_levels", "check_positive"]
+           "MAX_CHUNK_RECORDS", "check_levels", "check_positive", "check_time_zone"]
 
 ENV_PREFIX = "MBO_LAB_"
 
@@ -164,3 +164,15 @@ def databento_api_key() -> str | None:
 def replace(settings: Settings, **changes: Any) -> Settings:
     """A copy of ``settings`` with ``changes`` applied (validated)."""
     return dataclasses.replace(settings, **changes)
+
+
+def check_time_zone(value: Any) -> str:
+    """``value`` as an IANA time-zone name, or :class:`ConfigError` saying what to use."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(str(value))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"unknown time zone {value!r}; use an IANA name such as "
+                          "'America/Chicago' or 'UTC'") from exc
+    return str(value)

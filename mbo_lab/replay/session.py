@@ -636,14 +636,9 @@ class Session:
 
     @time_zone.setter
     def time_zone(self, value: str) -> None:
-        import zoneinfo
+        from ..config import check_time_zone
 
-        try:
-            zoneinfo.ZoneInfo(str(value))
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise MboLabError(f"unknown time zone {value!r}; use an IANA name such as "
-                              "'America/Chicago' or 'UTC'") from exc
-        self._time_zone = str(value)
+        self._time_zone = check_time_zone(value)
 
     # ---------------------------------------------------------------- serving
     def serve(self, host: str | None = None, port: int | None = None,

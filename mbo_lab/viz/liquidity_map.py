@@ -883,15 +883,9 @@ class LiquidityMap(W.VBox):
 
     def set_time_zone(self, tz: str) -> None:
         """Label the time axis in ``tz`` (an IANA name; added to the zone choices)."""
-        import zoneinfo
+        from ..config import check_time_zone
 
-        from ..errors import MboLabError
-
-        try:
-            zoneinfo.ZoneInfo(str(tz))
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise MboLabError(f"unknown time zone {tz!r}; use an IANA name such as "
-                              "'America/Chicago' or 'UTC'") from exc
+        tz = check_time_zone(tz)
         if tz not in self.zone_select.options:
             self.zone_select.options = [*self.zone_select.options, tz]
         self.zone_select.value = tz
