@@ -623,7 +623,7 @@ def test_truncated_zst_at_every_block_boundary_and_sampled_offsets(small_zst, tm
         out_len = decoded_length(comp[:cut])
         assert out_len >= 0
         if out_len < prelude:  # cut inside the DBN header: nothing to keep
-            for how, fn in readers(p):
+            for _how, fn in readers(p):
                 for kw in ({}, {"allow_truncated": True}):
                     with pytest.raises(TruncatedFileError, match="header"):
                         fn(**kw)
@@ -752,7 +752,7 @@ def test_metadata_length_bomb_rejected_at_once(clx5_raw, tmp_path):
     p = write(tmp_path / "meta_bomb.dbn.zst", zero_bomb(head, 208 << 20))
     tracemalloc.start()
     try:
-        for how, fn in readers(p):
+        for _how, fn in readers(p):
             with pytest.raises(NotDbnError, match="bytes of metadata"):
                 fn()
         peak = tracemalloc.get_traced_memory()[1]
