@@ -9,6 +9,8 @@ Session on synthetic data that records the ``liquidity`` calls.
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -182,6 +184,10 @@ def test_browser_zoom_requeries_the_visible_window(lmap, session):
 
 
 def test_debounced_zoom_waits_for_flush(session):
+    # the debounce timer needs an event loop (the kernel's in Jupyter); without one the map
+    # queries at once, so give this test its own (an earlier asyncio.run() leaves none)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     m = LiquidityMap(session, width_px=200, height_px=100, debounce=10.0)
     try:
         n = len(session.calls)
@@ -192,6 +198,8 @@ def test_debounced_zoom_waits_for_flush(session):
         assert not m.pending and len(session.calls) == n + 1
     finally:
         m.close()
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def test_zoom_buttons_and_reset(lmap, session):

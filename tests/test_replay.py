@@ -39,10 +39,15 @@ def _assert_frame_matches_reference(session, frame):
 def test_seek_equals_fresh_replay_and_snaps_to_f_last(synth_session, index):
     s = synth_session
     fr = s.seek(index)
-    # the state shown is right after an F_LAST record at or before the target
-    assert s.data.records["flags"][fr.record_index] & F_LAST
-    later = s.data.records["flags"][fr.record_index + 1: index + 1] & F_LAST
-    assert not later.any() or index == 0
+    # the state shown is right after an F_LAST record of the selected book at or before the
+    # target (so that book is never shown mid-event)
+    r = s.data.records
+    mine = (r["instrument_id"] == s.instrument_id) & (r["publisher_id"] == s.publisher_id)
+    book_last = (r["flags"] & F_LAST).astype(bool) & mine
+    if not (np.argmax(book_last) <= index < len(s) - 1):
+        book_last = (r["flags"] & F_LAST).astype(bool)  # before the book's first event/at the end
+    assert book_last[fr.record_index]
+    assert not book_last[fr.record_index + 1: index + 1].any() or index == 0
     _assert_frame_matches_reference(s, fr)
 
 
@@ -67,13 +72,17 @@ def test_seek_by_time(synth_session):
 def test_step_moves_by_events(synth_session):
     s = synth_session
     s.seek(1000)
-    flast = np.flatnonzero(s.data.records["flags"] & F_LAST)
+    r = s.data.records
+    mine = (r["instrument_id"] == s.instrument_id) & (r["publisher_id"] == s.publisher_id)
+    flast = np.flatnonzero((r["flags"] & F_LAST).astype(bool) & mine)  # the book's events
     k = int(np.searchsorted(flast, s.record_index))
+    assert flast[k] == s.record_index
     fr = s.step(7)
     assert fr.record_index == flast[k + 7]
     fr = s.back(3)
     assert fr.record_index == flast[k + 4]
-    assert s.to_start().record_index == flast[0]
+    assert s.step(0).record_index == flast[k + 4]
+    assert s.to_start().record_index == np.flatnonzero(r["flags"] & F_LAST)[0]
     assert s.to_end().position == len(s)
 
 
@@ -299,3 +308,32 @@ def test_frame_trades_are_the_books_last_trades(synth_session):
         want = sel[sel <= fr.record_index][-20:]
         assert [t[0] for t in fr.trades] == r["ts_recv"][want].astype(np.int64).tolist()
         assert [t[2] for t in fr.trades] == r["size"][want].astype(np.int64).tolist()
+
+
+def test_snapping_never_shows_the_selected_book_mid_event():
+    """Books interleave: B1 (no F_LAST), A1 (F_LAST), B2 (F_LAST). With B selected, a seek
+    to just after A1 must not publish B with only B1 applied: it snaps to B's last
+    complete event (the state before B1), and stepping moves by B's own events."""
+    from conftest import build_records, rec
+
+    P = 100 * 10**9
+    rows = [rec("A", "B", P, 5, 1, iid=2), rec("A", "A", P + 10**9, 5, 2, iid=1),
+            rec("A", "B", P - 10**9, 7, 3, iid=2, flags=0),   # B1: B mid-event
+            rec("A", "A", P + 2 * 10**9, 1, 4, iid=1),         # A1: F_LAST of A
+            rec("A", "B", P - 2 * 10**9, 9, 5, iid=2),          # B2: completes B's event
+            rec("A", "A", P + 3 * 10**9, 1, 6, iid=1)]
+    s = mbo_lab.open(build_records(rows), instrument_id=2)
+    fr = s.seek(3)                      # the state after A1
+    assert s.record_index == 0          # B's last complete event is record 0
+    assert list(fr.bid_sz[:1]) == [5] and fr.bid_sz[1] == 0   # B1's order is not shown
+    fr = s.step(1)                      # B's next event: B1 + B2 together
+    assert s.record_index == 4 and list(fr.bid_sz[:3]) == [5, 7, 9]
+    assert s.step(0).record_index == 4  # step(0) stays where it is
+    assert s.back(1).record_index == 0
+
+
+def test_seek_to_a_non_time_raises():
+    s = mbo_lab.open(mbo_lab.synth_records(5_000, seed=4))
+    for bad in ("NaT", "not a time"):
+        with pytest.raises(mbo_lab.MboLabError, match="not a time"):
+            s.seek(time=bad)

@@ -79,15 +79,19 @@ def next_last(recs, i, stop, key):
 
 
 @njit(**_J)
-def nth_last(recs, i, n):
-    """Index of the ``n``-th F_LAST record after record ``i`` (n > 0) or before it (n < 0),
-    stopping at the first/last F_LAST record of the stream."""
-    j = i
+def nth_last(recs, i, n, key):
+    """Index of the ``n``-th F_LAST record of book ``key`` (any book when key < 0) after
+    record ``i`` (n > 0) or before it (n < 0), stopping at the first/last such record of
+    the stream; ``i`` itself for n == 0."""
     best = i
+    if n == 0:
+        return i
     if n > 0:
         k = 0
         for j in range(i + 1, recs.shape[0]):
-            if recs[j].flags & F_LAST:
+            r = recs[j]
+            if r.flags & F_LAST and (key < 0 or ((np.int64(r.instrument_id) << 16)
+                                                  | np.int64(r.publisher_id)) == key):
                 best = j
                 k += 1
                 if k == n:
@@ -96,7 +100,9 @@ def nth_last(recs, i, n):
         k = 0
         j = i - 1
         while j >= 0:
-            if recs[j].flags & F_LAST:
+            r = recs[j]
+            if r.flags & F_LAST and (key < 0 or ((np.int64(r.instrument_id) << 16)
+                                                  | np.int64(r.publisher_id)) == key):
                 best = j
                 k += 1
                 if k == -n:

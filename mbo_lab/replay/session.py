@@ -250,6 +250,8 @@ class Session:
             iid, pub = max(cands, key=self._book_counts.get)
         self.instrument_id, self.publisher_id = iid, pub
         self._key = np.int64((iid << 16) | pub)
+        # the selected book's first F_LAST record (-1: none): snapping never scans past it
+        self._book_first_last = int(scan.next_last(self._kv, 0, len(self.data), self._key))
 
     @property
     def _flags_last(self) -> np.ndarray:
@@ -334,8 +336,14 @@ class Session:
             self.position = hi
 
     def _snap(self, target: int) -> int:
-        """Largest 'position after an F_LAST record' <= target (at least the first one)."""
-        j = int(scan.prev_last(self._kv, int(target) - 1, -1)) if target > 0 else -1
+        """Largest 'position after an F_LAST record of the selected book' <= target, so the
+        published book is never mid-event; before that book's first F_LAST and at the end of
+        the stream, the last F_LAST of any book (at least the stream's first one)."""
+        j = -1
+        if 0 <= self._book_first_last <= int(target) - 1 and target < len(self.data):
+            j = int(scan.prev_last(self._kv, int(target) - 1, self._key))
+        elif target > 0:
+            j = int(scan.prev_last(self._kv, int(target) - 1, -1))
         return (j if j >= 0 else self._first_last) + 1
 
     def _goto(self, target: int) -> None:
@@ -372,7 +380,8 @@ class Session:
 
     def step(self, n: int = 1) -> Frame:
         """Move ``n`` F_LAST events forward (negative: back)."""
-        j = int(scan.nth_last(self._kv, self.position - 1, int(n)))
+        key = self._key if self._book_first_last >= 0 else np.int64(-1)
+        j = int(scan.nth_last(self._kv, self.position - 1, int(n), key))
         self._goto(j + 1)
         return self.frame()
 
@@ -483,7 +492,7 @@ class Session:
                 target = j + 1 if j >= 0 else n
         else:
             self.clock.market_ns += int(wall_seconds * self.clock.speed * 1e9)
-            target = int(np.searchsorted(self._ts, np.uint64(self.clock.market_ns), "right"))
+            target = int(scan.search_ts(self._kv, self.clock.market_ns, True))
             target = min(target, self.position + max_records)
         snapped = self._snap(target)
         if snapped > self.position:

@@ -56,7 +56,13 @@ def to_ns(value: Any, default: int) -> int:
         return int(default)
     if isinstance(value, (int, np.integer)):
         return int(value)
-    ts = pd.Timestamp(value)
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise MboLabError(f"{value!r} is not a time; pass ns since the epoch or anything "
+                          "pandas.Timestamp reads, e.g. '2025-09-24 21:50'") from exc
+    if ts is pd.NaT:
+        raise MboLabError(f"{value!r} is not a time (NaT); pass a real time")
     ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
     return int(ts.value)
 
