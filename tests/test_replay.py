@@ -337,3 +337,19 @@ def test_seek_to_a_non_time_raises():
     for bad in ("NaT", "not a time"):
         with pytest.raises(mbo_lab.MboLabError, match="not a time"):
             s.seek(time=bad)
+
+
+def test_frame_before_the_selected_books_first_record():
+    """Before its first record the selected book shows empty, with no book record (and
+    the session does not scan back through the stream to find out)."""
+    from conftest import build_records, rec
+
+    P = 100 * 10**9
+    rows = [rec("A", "A", P + k * 10**9, 1, 10 + k, iid=1) for k in range(50)]
+    rows += [rec("A", "B", P, 3, 99, iid=2), rec("A", "A", P + 10**9, 4, 98, iid=2)]
+    s = mbo_lab.open(build_records(rows), instrument_id=2)
+    fr = s.seek(10)
+    assert fr.book_record is None and s.record_index == 10
+    assert not np.isfinite(fr.best_bid) and not np.isfinite(fr.best_ask)
+    fr = s.to_end()
+    assert fr.book_record is not None and fr.best_bid == 100.0 and fr.best_ask == 101.0

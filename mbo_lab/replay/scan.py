@@ -112,6 +112,16 @@ def nth_last(recs, i, n, key):
 
 
 @njit(**_J)
+def first_of_book(recs, key):
+    """Smallest index whose record belongs to book ``key``, or -1."""
+    for j in range(recs.shape[0]):
+        r = recs[j]
+        if ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) == key:
+            return j
+    return -1
+
+
+@njit(**_J)
 def prev_of_book(recs, i, key):
     """Largest index ``j <= i`` whose record belongs to book ``key``, or -1."""
     j = i

@@ -252,6 +252,7 @@ class Session:
         self._key = np.int64((iid << 16) | pub)
         # the selected book's first F_LAST record (-1: none): snapping never scans past it
         self._book_first_last = int(scan.next_last(self._kv, 0, len(self.data), self._key))
+        self._book_first_rec = int(scan.first_of_book(self._kv, self._key))
 
     @property
     def _flags_last(self) -> np.ndarray:
@@ -411,7 +412,9 @@ class Session:
             r = self.data.records[j]
             trades.append((int(r["ts_recv"]), float(px_to_float(int(r["price"]))),
                            int(r["size"]), byte_char(r["side"])))
-        bi = int(scan.prev_of_book(self._kv, i, self._key))
+        # (no backward scan when the book has no record yet: it would read to record 0)
+        bi = int(scan.prev_of_book(self._kv, i, self._key)) \
+            if 0 <= self._book_first_rec <= i else -1
         return Frame(
             seq=self.seq, position=self.position, record_index=i,
             ts_recv=int(rec["ts_recv"]), ts_event=int(rec["ts_event"]),

@@ -134,7 +134,9 @@ def liquidity(session: Session, start: Any = None, end: Any = None, *, time_bins
     if stop_index is not None:  # records after it are not part of the window
         e = max(i0, min(e, int(stop_index)))
     # the state in effect at t0 is the book's last F_LAST state before record i0
-    j = int(scan.prev_last(kv, i0 - 1, key)) if i0 > 0 else -1
+    # no backward scan when the book has no F_LAST before the window (it would read to 0)
+    j = int(scan.prev_last(kv, i0 - 1, key)) \
+        if i0 > 0 and 0 <= session._book_first_last <= i0 - 1 else -1
     has_state = j >= 0
     eng, cp = _scratch_engine(session, j + 1 if has_state else i0)
     s0 = j + 1 if has_state else cp
