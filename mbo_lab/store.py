@@ -96,6 +96,7 @@ from .io.records import (
     RTYPE_MBO,
     UNDEF_PRICE,
     empty_records,
+    to_ns,
 )
 
 __all__ = ["export", "read", "files", "records_from_frame", "tables", "StoreError",
@@ -1067,12 +1068,7 @@ def _day(value: Any) -> str:
 
 def _ts_scalar(value: Any):
     pa = _pa()
-    if isinstance(value, (int, np.integer)):
-        ns = int(value)
-    else:
-        t = pd.Timestamp(value)
-        ns = int((t if t.tzinfo else t.tz_localize("UTC")).value)
-    return pa.scalar(ns, type=pa.int64()).cast(pa.timestamp("ns", "UTC"))
+    return pa.scalar(to_ns(value), type=pa.int64()).cast(pa.timestamp("ns", "UTC"))
 
 
 def read(out_dir: str | os.PathLike, table: str, *, columns: Sequence[str] | None = None,

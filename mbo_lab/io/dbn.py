@@ -62,6 +62,7 @@ from .records import (
     RTYPE_MBO,
     UNDEF_PRICE,
     ns_to_datetime,
+    to_ns,
 )
 
 __all__ = [
@@ -815,8 +816,8 @@ class MboData:
         """
         self.check_unchanged()
         ts = self.records["ts_recv"]
-        lo = 0 if start is None else int(np.searchsorted(ts, _to_ns(start), "left"))
-        hi = len(ts) if end is None else int(np.searchsorted(ts, _to_ns(end), "left"))
+        lo = 0 if start is None else int(np.searchsorted(ts, to_ns(start), "left"))
+        hi = len(ts) if end is None else int(np.searchsorted(ts, to_ns(end), "left"))
         return self[lo:max(lo, hi)]
 
     @property
@@ -935,23 +936,6 @@ class MboData:
             for k, v in s.items()
         )
         return f"<b>MboData</b><table>{rows}</table>"
-
-
-def _to_ns(value: Any) -> int:
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    try:
-        ts = pd.Timestamp(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ArgumentError(
-            f"not a time: {value!r} ({exc}). Pass ns since the epoch (int) or anything "
-            "pandas.Timestamp accepts, e.g. '2025-09-24 21:50' (naive = UTC)."
-        ) from None
-    if ts is pd.NaT:
-        raise ArgumentError(f"not a time: {value!r} (NaT)")
-    if ts.tzinfo is None:
-        ts = ts.tz_localize("UTC")
-    return int(ts.value)
 
 
 # --------------------------------------------------------------------------- load

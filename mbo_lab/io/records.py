@@ -11,7 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..errors import ArgumentError
+
 __all__ = [
+    "to_ns",
     "MBO_DTYPE",
     "MBO_KERNEL_DTYPE",
     "RTYPE_MBO",
@@ -180,3 +183,25 @@ def empty_records(n: int) -> np.ndarray:
     out["length"] = LENGTH_MBO
     out["rtype"] = RTYPE_MBO
     return out
+
+
+def to_ns(value: object) -> int:
+    """ns since the epoch (UTC) of an int (taken as ns) or anything ``pandas.Timestamp``
+    reads (naive = UTC); :class:`~mbo_lab.errors.ArgumentError` for anything else or NaT.
+
+    >>> to_ns("2025-09-24 21:50")
+    1758750600000000000
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ArgumentError(
+            f"not a time: {value!r} ({exc}). Pass ns since the epoch (int) or anything "
+            "pandas.Timestamp accepts, e.g. '2025-09-24 21:50' (naive = UTC)."
+        ) from None
+    if ts is pd.NaT:
+        raise ArgumentError(f"not a time: {value!r} (NaT)")
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return int(ts.as_unit("ns").value)

@@ -28,6 +28,7 @@ from ..book.grid import (
 )
 from ..errors import MboLabError
 from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE, byte_chars
+from ..io.records import to_ns as records_to_ns
 from . import scan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,21 +51,8 @@ _TRADE_COLUMNS = ("price", "size", "side", "record_index")
 
 
 def to_ns(value: Any, default: int) -> int:
-    """ns since the epoch from an int, anything ``pd.Timestamp`` takes (naive = UTC), or
-    ``default`` for None."""
-    if value is None:
-        return int(default)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    try:
-        ts = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
-        raise MboLabError(f"{value!r} is not a time; pass ns since the epoch or anything "
-                          "pandas.Timestamp reads, e.g. '2025-09-24 21:50'") from exc
-    if ts is pd.NaT:
-        raise MboLabError(f"{value!r} is not a time (NaT); pass a real time")
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
-    return int(ts.value)
+    """:func:`mbo_lab.io.records.to_ns` of ``value``, or ``default`` for None."""
+    return int(default) if value is None else records_to_ns(value)
 
 
 def _check_source(session: Session) -> None:

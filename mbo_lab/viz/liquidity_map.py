@@ -50,6 +50,8 @@ import ipywidgets as W
 import numpy as np
 import pandas as pd
 
+from ..io.records import to_ns
+
 log = logging.getLogger(__name__)
 
 __all__ = ["LiquidityMap", "color_cells", "time_ticks", "js_number_key"]
@@ -157,15 +159,6 @@ def color_cells(bid: np.ndarray, ask: np.ndarray, *, log_scale: bool = True,
     out[show] = val[show]
     out[~bid_side] *= -1.0
     return out, lo, hi
-
-
-def _ns(value: Any) -> int:
-    """ns since the epoch (UTC) of an int or anything ``pd.Timestamp`` takes."""
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    ts = pd.Timestamp(value)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return int(ts.as_unit("ns").value)
 
 
 def _f64(values: Any) -> np.ndarray:
@@ -521,8 +514,8 @@ class LiquidityMap(W.VBox):
         """Show a window now (times: ns ints or anything ``pd.Timestamp`` takes; None keeps
         the current bound; prices None keep the current range)."""
         win = self.window or (self.data_start, self.data_end + 1, None, None)
-        s = win[0] if start is None else _ns(start)
-        e = win[1] if end is None else _ns(end)
+        s = win[0] if start is None else to_ns(start)
+        e = win[1] if end is None else to_ns(end)
         lo = win[2] if price_lo is None else float(price_lo)
         hi = win[3] if price_hi is None else float(price_hi)
         self._refresh((s, e, lo, hi), event_t=self.clock())
