@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -189,10 +190,37 @@ def _mbp_schema(levels: int, symbols: dict[int, str]):
     return empty.schema.with_metadata({b"pandas": pdmeta[b"pandas"]})
 
 
-#: Parquet options of ``mbo-lab mbp`` (benchmarks/bench_cli.py prints the encodings tried)
-MBP_PARQUET = {"compression": "zstd", "compression_level": 1}
-_COMPRESSIONS = {"zstd": MBP_PARQUET, "snappy": {"compression": "snappy"},
-                 "none": {"compression": "none", "use_dictionary": False}}
+#: ``--compression`` choices (mbo_lab.store.COMPRESSIONS; not imported to parse arguments)
+_COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
+
+
+def _frames_two_buffers(path: Path, levels: int, chunk_records: int
+                        ) -> Iterator[tuple[object, object, int]]:
+    """``iter_frames(path, levels, "numba", chunk_records, reuse=True,
+    price_type="float")`` (every F_LAST), but the kernel writes the chunks alternately
+    into two buffers: yields ``(chunk, frames, slot)``. While the caller's writer thread
+    encodes the frames of one slot, the kernel fills the other; before asking for the
+    next chunk the caller must be done with the frames of the other slot (``1 - slot``).
+    Each buffer holds ``chunk_records`` states (F_LAST records <= records); only the rows
+    written become resident memory.
+    """
+    from .book.engine import NumbaEngine, _readonly
+    from .book.frames import FrameBuffer
+    from .io.dbn import iter_chunks
+
+    eng = NumbaEngine(levels, trades=False)
+    no_trades = np.zeros(0, np.int64)
+    bufs: list[FrameBuffer | None] = [None, None]
+    for i, chunk in enumerate(iter_chunks(path, chunk_records, progress=False)):
+        slot = i % 2
+        recs = _readonly(chunk.records)
+        buf = bufs[slot]
+        if buf is None or buf.capacity < len(recs):
+            buf = bufs[slot] = FrameBuffer(max(chunk_records, len(recs), 1), levels,
+                                           px=np.float64, column_major=True, fields=True)
+        buf, n_out, _, _ = eng.run(recs, buf, 0, no_trades, chunk.first_index)
+        bufs[slot] = buf
+        yield chunk, buf.frames(n_out), slot
 
 
 def cmd_mbp(args: argparse.Namespace) -> int:
@@ -201,6 +229,7 @@ def cmd_mbp(args: argparse.Namespace) -> int:
     from .book.build import every_ns, iter_frames
     from .config import check_levels, get_settings
     from .store import ROW_GROUP_ROWS, book_columns, check_input, check_output_file
+    from .store import parquet_options as pq_options
 
     s = get_settings(engine=args.engine, chunk_records=args.chunk_records)
     levels = check_levels(args.levels, s.chunk_records)
@@ -229,14 +258,20 @@ def cmd_mbp(args: argparse.Namespace) -> int:
         else:
             import pyarrow.parquet as pq
 
-            writer = pq.ParquetWriter(str(tmp), schema, **_COMPRESSIONS[args.compression])
+            writer = pq.ParquetWriter(str(tmp), schema,
+                                      **pq_options(schema.names, args.compression))
         bg = _BackgroundWriter(writer)
         # the kernel writes column-major float prices and the records' fields into buffers
-        # reused for every chunk: nothing grows with the file
-        frames = iter_frames(path, levels, s.engine, s.chunk_records, progress=False,
-                             every=every, changes_only=args.changes_only, reuse=True,
-                             price_type="float")
-        for chunk, fr in frames:
+        # reused for every chunk: nothing grows with the file. Every F_LAST with the numba
+        # engine: two buffers, so the kernel fills one while the other is encoded.
+        if s.engine == "numba" and not sampled:
+            frames = _frames_two_buffers(path, levels, s.chunk_records)
+        else:
+            frames = ((c, f, None) for c, f in iter_frames(
+                path, levels, s.engine, s.chunk_records, progress=False, every=every,
+                changes_only=args.changes_only, reuse=True, price_type="float"))
+        written_by_slot: dict[int, int] = {}
+        for chunk, fr, slot in frames:
             syms = chunk.symbols
             for lo in range(0, len(fr), ROW_GROUP_ROWS):  # row groups of <= 128Ki states
                 r = slice(lo, min(len(fr), lo + ROW_GROUP_ROWS))
@@ -249,8 +284,13 @@ def cmd_mbp(args: argparse.Namespace) -> int:
                     tbl = tbl.cast(schema)
                 bg.write(tbl)  # encoded in a second thread while the next slice is built
                 rows += tbl.num_rows
-            bg.drain()  # the buffers are reused for the next chunk: its tables are written
             del fr
+            if slot is None:
+                bg.drain()  # the buffers are reused for the next chunk: its tables are written
+            else:
+                written_by_slot[slot] = bg.queued
+                # the next chunk goes into the other buffer: its tables must be written
+                bg.wait_written(written_by_slot.get(1 - slot, 0))
         bg.close()
         writer = None
         os.replace(tmp, out)
@@ -273,16 +313,21 @@ def cmd_mbp(args: argparse.Namespace) -> int:
 
 class _BackgroundWriter:
     """Writes Arrow tables with ``writer`` in one background thread (Parquet encoding and
-    compression release the GIL), at most ``depth`` tables queued: bounded memory. An error
-    of the thread is raised by the next :meth:`write` or by :meth:`close`."""
+    compression release the GIL). The queue holds tables that are views of the caller's
+    buffers, so it costs no memory of its own; the caller bounds it by waiting before it
+    reuses a buffer (:meth:`drain`, :meth:`wait_written`). An error of the thread is
+    raised by the next :meth:`write`, :meth:`wait_written` or by :meth:`close`."""
 
-    def __init__(self, writer, depth: int = 2):
+    def __init__(self, writer, depth: int = 0):
         import queue
 
         self.writer = writer
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.stopped = False
+        self.queued = 0  # tables handed to write()
+        self.written = 0  # tables written (or skipped after an error)
+        self._cond = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="mbo-lab-writer", daemon=True)
         self.thread.start()
 
@@ -299,17 +344,26 @@ class _BackgroundWriter:
                         self.error = exc
             finally:
                 del tbl
+                with self._cond:
+                    self.written += 1
+                    self._cond.notify_all()
                 self.q.task_done()
 
     def drain(self) -> None:
         """Wait until every queued table is written (their buffers may then be reused)."""
-        self.q.join()
+        self.wait_written(self.queued)
+
+    def wait_written(self, n: int) -> None:
+        """Wait until the first ``n`` tables given to :meth:`write` are written."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.written >= n or self.error is not None)
         if self.error is not None:
             raise self.error
 
     def write(self, tbl) -> None:
         if self.error is not None:
             raise self.error
+        self.queued += 1
         self.q.put(tbl)
 
     def close(self) -> None:
@@ -477,9 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--changes-only", action="store_true",
                    help="keep only states whose published top-N (prices, sizes, counts, "
                         "cross) changed for that book")
-    m.add_argument("--compression", default="zstd", choices=sorted(_COMPRESSIONS),
-                   help="Parquet compression: zstd (default, level 1, dictionary pages), "
-                        "snappy, or none (fastest, about 5x larger)")
+    m.add_argument("--compression", default="zstd", choices=list(_COMPRESSIONS),
+                   help="Parquet codec of prices, ids and times: zstd (default, level 1), "
+                        "lz4, snappy or none (sizes and counts are delta bit-packed, prices "
+                        "dictionary-encoded with any of them)")
     m.set_defaults(func=cmd_mbp)
 
     ex = sub.add_parser("export", help="Parquet store partitioned by UTC day")
