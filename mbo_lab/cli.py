@@ -194,6 +194,11 @@ def _mbp_schema(levels: int, symbols: dict[int, str]):
 _COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
 
 
+def _writer_threads() -> int:
+    """Threads that encode Parquet row groups: the cores of this machine, 2..4."""
+    return max(2, min(4, os.cpu_count() or 2))
+
+
 def _frames_two_buffers(path: Path, levels: int, chunk_records: int
                         ) -> Iterator[tuple[object, object, int]]:
     """``iter_frames(path, levels, "numba", chunk_records, reuse=True,
@@ -228,7 +233,13 @@ def cmd_mbp(args: argparse.Namespace) -> int:
 
     from .book.build import every_ns, iter_frames
     from .config import check_levels, get_settings
-    from .store import ROW_GROUP_ROWS, book_columns, check_input, check_output_file
+    from .store import (
+        ROW_GROUP_ROWS,
+        ParallelParquetWriter,
+        book_columns,
+        check_input,
+        check_output_file,
+    )
     from .store import parquet_options as pq_options
 
     s = get_settings(engine=args.engine, chunk_records=args.chunk_records)
@@ -255,12 +266,10 @@ def cmd_mbp(args: argparse.Namespace) -> int:
             import pyarrow.csv as pacsv
 
             writer = pacsv.CSVWriter(str(tmp), schema)
-        else:
-            import pyarrow.parquet as pq
-
-            writer = pq.ParquetWriter(str(tmp), schema,
-                                      **pq_options(schema.names, args.compression))
-        bg = _BackgroundWriter(writer)
+            bg = _BackgroundWriter(writer)
+        else:  # row groups encoded in threads, appended in order to one file
+            bg = ParallelParquetWriter(tmp, schema, threads=_writer_threads(),
+                                       **pq_options(schema.names, args.compression))
         # the kernel writes column-major float prices and the records' fields into buffers
         # reused for every chunk: nothing grows with the file. Every F_LAST with the numba
         # engine: two buffers, so the kernel fills one while the other is encoded.

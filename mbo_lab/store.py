@@ -774,6 +774,36 @@ class _Staging:
 # --------------------------------------------------------------------------- grid sampling
 
 
+class _ChunkBook:
+    """Applies chunks with ``eng``; the Numba engine writes each chunk's book states into
+    one buffer reused for every chunk (``chunk_records`` states: no F_LAST record more than
+    records; rows never written stay untouched virtual memory), so memory does not follow
+    the input. The frames of a chunk are valid until the next :meth:`apply`."""
+
+    def __init__(self, eng, levels: int, chunk_records: int):
+        self.eng = eng
+        self.levels = levels
+        self.chunk_records = chunk_records
+        self.buf = None
+
+    def apply(self, recs: np.ndarray, base: int) -> BookFrames:
+        from .book.engine import NumbaEngine, _readonly
+        from .book.frames import FrameBuffer
+
+        if not isinstance(self.eng, NumbaEngine):
+            return self.eng.apply(recs, base_index=base)
+        if self.buf is None or self.buf.capacity < len(recs):
+            self.buf = FrameBuffer(max(self.chunk_records, len(recs), 1), self.levels,
+                                   column_major=True)
+        self.buf, n, _, _ = self.eng.run(_readonly(recs), self.buf, 0, _NO_TRADES, base)
+        fr = self.buf.frames(n)
+        fr.counters = self.eng.counters
+        return fr
+
+
+_NO_TRADES = np.zeros(0, np.int64)
+
+
 class _GridSampler:
     """Last book state per (book, grid bin), carried across chunks (vectorised).
 
@@ -956,6 +986,7 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
     book_levels = levels if "mbp" in what else 1
     need_book = "bbo" in what or "mbp" in what
     eng = make_engine(s.engine, levels=book_levels, trades=False)
+    book = _ChunkBook(eng, book_levels, s.chunk_records)
     total = stream.total
     if progress is None:
         progress = total is None or total >= _PROGRESS_MIN_RECORDS
@@ -994,7 +1025,7 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
                             _trades_columns(tr[r], base + ti[r], symbols),
                             tr["ts_recv"], tr["instrument_id"])
             if need_book and len(recs):
-                fr = eng.apply(recs, base_index=base)
+                fr = book.apply(recs, base)  # valid until the next chunk
                 local = fr.index - base
                 ts_l = recs["ts_recv"][local]
                 iid_l = recs["instrument_id"][local]
@@ -1236,3 +1267,313 @@ def records_from_frame(df: pd.DataFrame) -> np.ndarray:
     out["side"] = _text_bytes(df["side"])
     assert out.dtype == MBO_DTYPE
     return out
+
+
+# --------------------------------------------------------------------------- parallel writer
+#
+# pyarrow's ParquetWriter encodes one row group at a time in one thread (Arrow C++ can
+# encode columns in threads, but pyarrow 26 does not expose ArrowWriterProperties'
+# use_threads). ParallelParquetWriter encodes row groups in several threads, each into a
+# complete small Parquet file in memory, and appends their column chunks to one file in
+# order; its footer is the row groups' metadata with their file offsets moved to where the
+# chunks landed (Thrift compact protocol, the fields of parquet.thrift listed below).
+
+_FMD_ROW_GROUPS, _FMD_NUM_ROWS = 4, 3  # FileMetaData
+_RG_COLUMNS, _RG_FILE_OFFSET, _RG_ORDINAL = 1, 5, 7  # RowGroup
+_CC_FILE_OFFSET, _CC_META, _CC_OFFSET_INDEX, _CC_COLUMN_INDEX = 2, 3, 4, 6  # ColumnChunk
+_CMD_OFFSETS = (9, 10, 11, 14)  # ColumnMetaData: data, index, dictionary page, bloom filter
+_T_TRUE, _T_FALSE, _T_BYTE, _T_DOUBLE, _T_BINARY = 1, 2, 3, 7, 8
+_T_LIST, _T_SET, _T_MAP, _T_STRUCT = 9, 10, 11, 12
+
+
+class _ThriftReader:
+    """Thrift compact protocol to nested lists: a struct is ``[[field id, type, value],
+    ...]``, a list ``(element type, [values])``, a map ``(key type, value type, [(k, v)])``;
+    doubles and bytes of bool lists are kept raw."""
+
+    def __init__(self, data: bytes):
+        self.b = data
+        self.i = 0
+
+    def _byte(self) -> int:
+        v = self.b[self.i]
+        self.i += 1
+        return v
+
+    def _varint(self) -> int:
+        out = shift = 0
+        while True:
+            x = self._byte()
+            out |= (x & 0x7F) << shift
+            shift += 7
+            if not x & 0x80:
+                return out
+
+    def _zigzag(self) -> int:
+        v = self._varint()
+        return (v >> 1) ^ -(v & 1)
+
+    def value(self, t: int):
+        if t in (_T_TRUE, _T_FALSE):  # inside lists: one byte
+            return self._byte()
+        if t == _T_BYTE:
+            return self._byte()
+        if t in (4, 5, 6):  # i16, i32, i64
+            return self._zigzag()
+        if t == _T_DOUBLE:
+            self.i += 8
+            return self.b[self.i - 8: self.i]
+        if t == _T_BINARY:
+            n = self._varint()
+            self.i += n
+            return self.b[self.i - n: self.i]
+        if t in (_T_LIST, _T_SET):
+            h = self._byte()
+            n, et = h >> 4, h & 0x0F
+            if n == 15:
+                n = self._varint()
+            return (et, [self.value(et) for _ in range(n)])
+        if t == _T_MAP:
+            n = self._varint()
+            if n == 0:
+                return (0, 0, [])
+            h = self._byte()
+            kt, vt = h >> 4, h & 0x0F
+            return (kt, vt, [(self.value(kt), self.value(vt)) for _ in range(n)])
+        if t == _T_STRUCT:
+            return self.struct()
+        raise StoreError(f"unexpected Thrift type {t} in a Parquet footer at byte {self.i}")
+
+    def struct(self) -> list:
+        fields, last = [], 0
+        while True:
+            h = self._byte()
+            if h == 0:
+                return fields
+            t, delta = h & 0x0F, h >> 4
+            fid = last + delta if delta else self._zigzag()
+            last = fid
+            if t in (_T_TRUE, _T_FALSE):
+                fields.append([fid, t, t == _T_TRUE])
+            else:
+                fields.append([fid, t, self.value(t)])
+
+
+def _thrift_varint(out: bytearray, v: int) -> None:
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+
+
+def _thrift_value(out: bytearray, t: int, v) -> None:
+    if t in (_T_TRUE, _T_FALSE, _T_BYTE):
+        out.append(v & 0xFF)
+    elif t in (4, 5, 6):
+        _thrift_varint(out, (v << 1) ^ (v >> 63))
+    elif t == _T_DOUBLE:
+        out += v
+    elif t == _T_BINARY:
+        _thrift_varint(out, len(v))
+        out += v
+    elif t in (_T_LIST, _T_SET):
+        et, items = v
+        if len(items) < 15:
+            out.append((len(items) << 4) | et)
+        else:
+            out.append(0xF0 | et)
+            _thrift_varint(out, len(items))
+        for x in items:
+            _thrift_value(out, et, x)
+    elif t == _T_MAP:
+        kt, vt, pairs = v
+        _thrift_varint(out, len(pairs))
+        if pairs:
+            out.append((kt << 4) | vt)
+            for k, x in pairs:
+                _thrift_value(out, kt, k)
+                _thrift_value(out, vt, x)
+    elif t == _T_STRUCT:
+        _thrift_struct(out, v)
+    else:  # pragma: no cover - the reader refuses other types
+        raise StoreError(f"unexpected Thrift type {t}")
+
+
+def _thrift_struct(out: bytearray, fields: list) -> None:
+    last = 0
+    for fid, t, v in fields:
+        if t in (_T_TRUE, _T_FALSE):
+            t = _T_TRUE if v else _T_FALSE
+        delta = fid - last
+        if 0 < delta <= 15:
+            out.append((delta << 4) | t)
+        else:
+            out.append(t)
+            _thrift_varint(out, (fid << 1) ^ (fid >> 63))
+        if t not in (_T_TRUE, _T_FALSE):
+            _thrift_value(out, t, v)
+        last = fid
+    out.append(0)
+
+
+def _field(fields: list, fid: int) -> list | None:
+    for f in fields:
+        if f[0] == fid:
+            return f
+    return None
+
+
+def _shift_row_group(rg: list, shift: int, ordinal: int) -> None:
+    """Move the file offsets of a RowGroup struct by ``shift`` bytes; set its ordinal."""
+    f = _field(rg, _RG_FILE_OFFSET)
+    if f is not None:
+        f[2] += shift
+    f = _field(rg, _RG_ORDINAL)
+    if f is not None:
+        if ordinal < 2**15:
+            f[2] = ordinal
+        else:
+            rg.remove(f)
+    for cc in _field(rg, _RG_COLUMNS)[2][1]:
+        for fid in (_CC_FILE_OFFSET, _CC_OFFSET_INDEX, _CC_COLUMN_INDEX):
+            f = _field(cc, fid)
+            if f is not None and f[2] != 0:  # 0: not set (file_offset is deprecated)
+                f[2] += shift
+        meta = _field(cc, _CC_META)
+        if meta is not None:
+            for fid in _CMD_OFFSETS:
+                f = _field(meta[2], fid)
+                if f is not None:
+                    f[2] += shift
+
+
+def _footer(data) -> tuple[int, bytes]:
+    """``(length of the column chunk bytes after the magic, footer)`` of a Parquet file."""
+    mv = memoryview(data)
+    n = len(mv)
+    if n < 12 or bytes(mv[:4]) != b"PAR1" or bytes(mv[n - 4:]) != b"PAR1":
+        raise StoreError("internal: an encoded row group is not a Parquet file")
+    flen = int.from_bytes(mv[n - 8: n - 4], "little")
+    return n - 8 - flen - 4, bytes(mv[n - 8 - flen: n - 8])
+
+
+class ParallelParquetWriter:
+    """A Parquet file whose row groups are encoded in ``threads`` threads at once.
+
+    Each table given to :meth:`write` becomes one row group, encoded (with the
+    ``ParquetWriter`` ``options``) in a worker thread into a Parquet file in memory; the
+    column chunks are appended to ``path`` in the order of the calls, and :meth:`close`
+    writes the footer (the row groups' own metadata, offsets moved). The result is the file
+    ``ParquetWriter`` would write row group by row group, byte for byte in the chunks.
+
+    Tables may be views of buffers the caller reuses: :meth:`wait_written` (``n``) returns
+    when the first ``n`` tables are encoded (their memory may then change); :attr:`queued`
+    counts the tables given. An error of a worker is raised by the next call.
+    """
+
+    def __init__(self, path: str | os.PathLike, schema, threads: int = 2, **options: Any):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        pa = _pa()
+        import pyarrow.parquet as pq
+
+        if options.get("write_page_index") or options.get("bloom_filter_options"):
+            raise StoreError("ParallelParquetWriter writes no page index or bloom filter "
+                             "(their page offsets would need moving too)")
+        self.schema = schema
+        self.options = options
+        sink = pa.BufferOutputStream()
+        pq.ParquetWriter(sink, schema, **options).close()  # no row group: the base footer
+        _, base = _footer(sink.getvalue())
+        self.meta = _ThriftReader(base).struct()
+        self.row_groups: list = []
+        self.num_rows = 0
+        self.fh = open(path, "wb")
+        self.fh.write(b"PAR1")
+        self.pos = 4
+        self.queued = 0
+        self.written = 0
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._pool = ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="mbo-lab-pq")
+
+    def _encode(self, seq: int, tbl) -> None:
+        pa = _pa()
+        import pyarrow.parquet as pq
+
+        try:
+            sink = pa.BufferOutputStream()
+            w = pq.ParquetWriter(sink, self.schema, **self.options)
+            w.write_table(tbl, row_group_size=max(1, tbl.num_rows))
+            w.close()
+            data = sink.getvalue()
+            body_len, footer = _footer(data)
+            meta = _ThriftReader(footer).struct()
+            groups = _field(meta, _FMD_ROW_GROUPS)[2][1]
+            rows = _field(meta, _FMD_NUM_ROWS)[2]
+            del tbl
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            with self._cond:
+                self.error = self.error or exc
+                self._cond.notify_all()
+            return
+        with self._cond:
+            self._cond.wait_for(lambda: self.written == seq or self.error is not None)
+            try:
+                if self.error is None:
+                    self.fh.write(memoryview(data)[4: 4 + body_len])
+                    for rg in groups:
+                        _shift_row_group(rg, self.pos - 4, len(self.row_groups))
+                        self.row_groups.append(rg)
+                    self.pos += body_len
+                    self.num_rows += rows
+            except BaseException as exc:  # noqa: BLE001 - e.g. a full disk
+                self.error = exc
+            self.written += 1
+            self._cond.notify_all()
+
+    def write(self, tbl) -> None:
+        """Encode ``tbl`` as one row group (in a worker thread)."""
+        if self.error is not None:
+            raise self.error
+        seq = self.queued
+        self.queued += 1
+        self._pool.submit(self._encode, seq, tbl)
+
+    write_table = write
+
+    def wait_written(self, n: int) -> None:
+        """Wait until the first ``n`` tables are encoded and appended."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.written >= n or self.error is not None)
+        if self.error is not None:
+            raise self.error
+
+    def drain(self) -> None:
+        self.wait_written(self.queued)
+
+    def close(self) -> None:
+        """Wait for every row group, write the footer and close the file."""
+        try:
+            self.drain()
+            meta = [list(f) for f in self.meta]
+            _field(meta, _FMD_NUM_ROWS)[2] = self.num_rows
+            _field(meta, _FMD_ROW_GROUPS)[2] = (_T_STRUCT, self.row_groups)
+            out = bytearray()
+            _thrift_struct(out, meta)
+            self.fh.write(out)
+            self.fh.write(len(out).to_bytes(4, "little"))
+            self.fh.write(b"PAR1")
+        finally:
+            self._pool.shutdown(wait=True)
+            self.fh.close()
+
+    def abort(self) -> None:
+        """Stop: pending row groups are dropped, the file is closed (the caller removes
+        it)."""
+        with self._cond:
+            self.error = self.error or OutputError("the Parquet output was aborted")
+            self._cond.notify_all()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.fh.close()

@@ -483,3 +483,100 @@ def test_changes_only_equals_the_api(recs, tmp_path):
     assert s["tables"]["mbp"]["rows"] == len(want)
     with pytest.raises(store.StoreError, match="combined"):
         store.export(recs, tmp_path / "x", levels=3, grid="1s", changes_only=True)
+
+
+# --------------------------------------------------------------------------- parquet writer
+
+
+def _book_tables(recs: np.ndarray, levels: int, rows_per_table: int) -> list:
+    """Arrow tables of MBP-``levels`` states of ``recs`` (float prices; a NaN empty level,
+    a null-free symbol column), as the CLI builds them."""
+    import pyarrow as pa
+
+    df = mbo_lab.mbp(recs, levels=levels, price_type="fixed")
+    fr = mbo_lab.replay_frames(recs, levels)[0]
+    cols = store.book_columns(fr, None, recs[fr.index], levels, SYMBOLS, fixed=True)
+    tbl = pa.table(cols)
+    assert tbl.num_rows == len(df)
+    return [tbl.slice(lo, rows_per_table) for lo in range(0, tbl.num_rows, rows_per_table)]
+
+
+def _same(a, b) -> None:
+    """Equal Arrow tables, NaN equal to NaN (empty levels)."""
+    assert a.schema.equals(b.schema, check_metadata=False)
+    assert a.num_rows == b.num_rows
+    for name in a.schema.names:
+        np.testing.assert_array_equal(a.column(name).to_numpy(), b.column(name).to_numpy(),
+                                      err_msg=name)
+
+
+@pytest.mark.parametrize("compression", store.COMPRESSIONS)
+def test_parallel_writer_writes_the_tables_in_order(recs, tmp_path, compression):
+    """Row groups encoded in threads and appended in order: the file reads back as the
+    concatenated tables (pyarrow, pandas, DuckDB), one row group per table, with the
+    per-column encodings of parquet_options and statistics only on ids/times."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    duckdb = pytest.importorskip("duckdb")
+    tables = _book_tables(recs, 3, 1_500)
+    schema = tables[0].schema
+    opts = store.parquet_options(schema.names, compression)
+    w = store.ParallelParquetWriter(tmp_path / "p.parquet", schema, threads=3, **opts)
+    for t in tables:
+        w.write(t)
+    w.close()
+    assert w.written == w.queued == len(tables) > 5
+    f = pq.ParquetFile(tmp_path / "p.parquet")
+    assert f.metadata.num_row_groups == len(tables)
+    assert f.metadata.num_rows == sum(t.num_rows for t in tables)
+    _same(f.read(), pa.concat_tables(tables))
+    for g in (0, len(tables) // 2, len(tables) - 1):  # each row group found at its offset
+        _same(f.read_row_group(g), tables[g])
+    # a single-threaded ParquetWriter with the same options gives the same table
+    pq.write_table(pa.concat_tables(tables), tmp_path / "s.parquet", row_group_size=1_500,
+                   **opts)
+    _same(pq.read_table(tmp_path / "s.parquet"), f.read())
+    rg = f.metadata.row_group(1)
+    col = {rg.column(i).path_in_schema: rg.column(i) for i in range(rg.num_columns)}
+    assert "DELTA_BINARY_PACKED" in col["bid_sz_00"].encodings
+    assert "DELTA_BINARY_PACKED" in col["ts_recv"].encodings
+    assert any("DICTIONARY" in e for e in col["ask_px_01"].encodings)
+    assert col["bid_sz_00"].compression == "UNCOMPRESSED"
+    assert col["ask_px_01"].compression == compression.upper().replace("NONE",
+                                                                       "UNCOMPRESSED")
+    assert col["instrument_id"].statistics is not None
+    assert col["bid_px_00"].statistics is None
+    got = pd.read_parquet(tmp_path / "p.parquet")
+    assert len(got) == f.metadata.num_rows
+    np.testing.assert_array_equal(got["record_index"].to_numpy(),
+                                  pa.concat_tables(tables)["record_index"].to_numpy())
+    n = duckdb.sql(f"select count(*) as n, sum(bid_sz_02) as sz, "
+                   f"sum(ask_px_01_fixed) filter (where ask_sz_01 > 0) as px "
+                   f"from read_parquet('{tmp_path / 'p.parquet'}')").df().iloc[0]
+    assert n["n"] == len(got) and n["sz"] == int(got["bid_sz_02"].sum())
+    assert n["px"] == int(got["ask_px_01_fixed"][got["ask_sz_01"] > 0].sum())
+
+
+def test_parallel_writer_empty_and_errors(recs, tmp_path):
+    """No table: a valid file with the schema and no rows. A table of another schema: the
+    error comes out of the next call, nothing hangs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = _book_tables(recs, 2, 4_000)
+    schema = tables[0].schema
+    w = store.ParallelParquetWriter(tmp_path / "e.parquet", schema)
+    w.close()
+    t = pq.read_table(tmp_path / "e.parquet")
+    assert t.num_rows == 0 and t.schema.names == schema.names
+    w = store.ParallelParquetWriter(tmp_path / "x.parquet", schema)
+    w.write(tables[0])
+    w.write(pa.table({"a": [1, 2]}))
+    with pytest.raises(Exception, match="(?i)schema|field|column"):
+        w.close()
+    w.abort()
+    with pytest.raises(store.StoreError, match="compression"):
+        store.parquet_options(schema.names, "brotli")
+    with pytest.raises(store.StoreError, match="page index"):
+        store.ParallelParquetWriter(tmp_path / "y.parquet", schema, write_page_index=True)
