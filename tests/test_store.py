@@ -558,14 +558,26 @@ def test_parallel_writer_writes_the_tables_in_order(recs, tmp_path, compression)
     assert n["px"] == int(got["ask_px_01_fixed"][got["ask_sz_01"] > 0].sum())
 
 
-def test_parallel_writer_empty_and_errors(recs, tmp_path):
-    """No table: a valid file with the schema and no rows. A table of another schema: the
-    error comes out of the next call, nothing hangs."""
+def test_parallel_writer_empty_and_errors(recs, tmp_path, monkeypatch):
+    """No table: a valid file with the schema and no rows. A row group larger than the
+    thread's output buffer goes to a growing one. A table of another schema: the error
+    comes out of the next call, nothing hangs."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     tables = _book_tables(recs, 2, 4_000)
     schema = tables[0].schema
+
+    def full(buf):
+        raise OSError("Write out of bounds")
+
+    with monkeypatch.context() as m:
+        m.setattr(pa, "FixedSizeBufferWriter", full)
+        w = store.ParallelParquetWriter(tmp_path / "g.parquet", schema)
+        for t in tables:
+            w.write(t)
+        w.close()
+    _same(pq.read_table(tmp_path / "g.parquet"), pa.concat_tables(tables))
     w = store.ParallelParquetWriter(tmp_path / "e.parquet", schema)
     w.close()
     t = pq.read_table(tmp_path / "e.parquet")
