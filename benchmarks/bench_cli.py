@@ -42,89 +42,106 @@ def _records_in(path: Path) -> int:
 
 
 def encodings(path: Path, n: int, levels: int = 10) -> None:
-    """Write the same MBP-10 tables (the first ``n`` records' F_LAST states) with several
-    Parquet options; print file size and write time."""
+    """Write the same MBP-10 tables (the F_LAST states of the first ``n`` records, as the
+    CLI builds them: float prices, row groups of 128Ki states) with several Parquet
+    options; print file size, write time (wall and CPU of the process) and rows/s."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import mbo_lab
-    from mbo_lab.book.engine import make_engine
-    from mbo_lab.store import book_columns
+    from mbo_lab.book.build import iter_frames
+    from mbo_lab.cli import _mbp_schema
+    from mbo_lab.store import (
+        COMPRESSIONS,
+        ROW_GROUP_ROWS,
+        ParallelParquetWriter,
+        book_columns,
+        parquet_options,
+    )
 
-    data = mbo_lab.load(path)[:n]
-    eng = make_engine("numba", levels=levels, trades=False)
-    tables = []
-    for lo in range(0, len(data), 1 << 20):
-        ch = data[lo: lo + (1 << 20)]
-        fr = eng.apply(ch.records, base_index=lo)
-        rec = ch.records[fr.index - lo]
-        tables.append(pa.table(book_columns(fr, None, rec, levels, data.symbols, fixed=False)))
+    schema = _mbp_schema(levels, {})
+    tables, seen = [], 0
+    for chunk, fr in iter_frames(path, levels, "numba", 1 << 20, progress=False,
+                                 reuse=False, price_type="float"):
+        for lo in range(0, len(fr), ROW_GROUP_ROWS):
+            r = slice(lo, min(len(fr), lo + ROW_GROUP_ROWS))
+            rec = {k: v[r] for k, v in fr.fields.items()}
+            tables.append(pa.table(book_columns(fr, r, rec, levels, chunk.symbols,
+                                                fixed=False)).cast(schema))
+        seen += len(chunk.records)
+        if seen >= n:
+            break
     rows = sum(t.num_rows for t in tables)
     raw = sum(t.nbytes for t in tables)
-    schema = tables[0].schema
-
-    def narrow(s: pa.Schema) -> pa.Schema:
-        fields = []
-        for f in s:
-            if "_sz_" in f.name or "_ct_" in f.name:
-                f = f.with_type(pa.uint32())
-            fields.append(f)
-        return pa.schema(fields, metadata=s.metadata)
-
+    names = schema.names
+    px = [c for c in names if "_px_" in c]
     options = [
-        ("none, dict on", {"compression": "none"}, None),
-        ("none, dict off", {"compression": "none", "use_dictionary": False}, None),
-        ("snappy, dict on", {"compression": "snappy"}, None),
-        ("snappy, dict off", {"compression": "snappy", "use_dictionary": False}, None),
-        ("lz4, dict off", {"compression": "lz4", "use_dictionary": False}, None),
-        ("zstd-1, dict on", {"compression": "zstd", "compression_level": 1}, None),
+        ("zstd-1, dict on (before)", {"compression": "zstd", "compression_level": 1}, 0),
+        ("none, dict off (before: --compression none)",
+         {"compression": "none", "use_dictionary": False}, 0),
+        ("snappy, dict on", {"compression": "snappy"}, 0),
+        ("lz4, dict off", {"compression": "lz4", "use_dictionary": False}, 0),
         ("zstd-1, dict off", {"compression": "zstd", "compression_level": 1,
-                              "use_dictionary": False}, None),
-        ("zstd-1, dict off, uint32 sz/ct", {"compression": "zstd", "compression_level": 1,
-                                            "use_dictionary": False}, narrow(schema)),
-        ("zstd-3, dict off", {"compression": "zstd", "compression_level": 3,
-                              "use_dictionary": False}, None),
-        ("zstd-9, dict off", {"compression": "zstd", "compression_level": 9,
-                              "use_dictionary": False}, None),
+                              "use_dictionary": False}, 0),
         ("zstd-1, dict off, BYTE_STREAM_SPLIT px", {
             "compression": "zstd", "compression_level": 1, "use_dictionary": False,
-            "use_byte_stream_split": [f.name for f in schema if "_px_" in f.name]}, None),
+            "use_byte_stream_split": px}, 0),
+        ("zstd-3, dict on", {"compression": "zstd", "compression_level": 3}, 0),
     ]
-    print(f"\n## Parquet encodings: MBP-{levels} of {len(data):,} records = {rows:,} rows, "
+    for c in COMPRESSIONS:
+        options.append((f"per column, {c}", parquet_options(names, c), 0))
+    options.append(("per column, zstd + all statistics",
+                    dict(parquet_options(names, "zstd"), write_statistics=True), 0))
+    options.append(("per column, zstd, 2 threads (CLI default)",
+                    parquet_options(names, "zstd"), 2))
+    options.append(("per column, lz4, 2 threads", parquet_options(names, "lz4"), 2))
+    print(f"\n## Parquet encodings: MBP-{levels} of {seen:,} records = {rows:,} rows, "
           f"{raw / 2**20:,.0f} MiB in Arrow ({_load()})")
-    print(f"| {'options':<40} | {'MiB':>8} | {'write s':>8} | {'rows/s':>12} |")
-    print(f"|{'-' * 42}|{'-' * 10}|{'-' * 10}|{'-' * 14}|")
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, opts, sch in options:
+    print("per column = mbo_lab.store.parquet_options: prices dictionary + codec, sizes/counts "
+          "DELTA_BINARY_PACKED uncompressed,\nids/times DELTA_BINARY_PACKED + codec with "
+          "statistics, no statistics on levels; threads = ParallelParquetWriter")
+    print(f"| {'options':<46} | {'MiB':>7} | {'wall s':>7} | {'CPU s':>6} | "
+          f"{'Mrows/s':>7} | load |")
+    print(f"|{'-' * 48}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 9}|------|")
+    with tempfile.TemporaryDirectory(dir=os.environ.get("MBO_LAB_BENCH_TMP")) as tmp:
+        for label, opts, threads in options:
             out = Path(tmp) / "t.parquet"
-            t0 = time.perf_counter()
-            w = pq.ParquetWriter(out, sch or schema, **opts)
+            c0, t0 = time.process_time(), time.perf_counter()
+            if threads:
+                w = ParallelParquetWriter(out, schema, threads=threads, **opts)
+            else:
+                w = pq.ParquetWriter(out, schema, **opts)
             for t in tables:
-                w.write_table(t.cast(sch) if sch is not None else t)
+                w.write_table(t)
             w.close()
-            dt = time.perf_counter() - t0
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
             size = out.stat().st_size
-            print(f"| {label:<40} | {size / 2**20:>8,.1f} | {dt:>8.2f} | {rows / dt:>12,.0f} |")
+            print(f"| {label:<46} | {size / 2**20:>7,.1f} | {dt:>7.2f} | {cpu:>6.2f} | "
+                  f"{rows / dt / 1e6:>7.2f} | {os.getloadavg()[0]:.2f} |", flush=True)
             out.unlink()
 
 
-def _run(cmd: list[str], lock: str | None, big: bool) -> tuple[float, int, int]:
-    """(seconds, peak RSS bytes, exit code) of one child process."""
+def _run(cmd: list[str], lock: str | None, big: bool) -> tuple[float, int, int, str]:
+    """(seconds, peak RSS bytes, exit code, stdout) of one child process (its own
+    ru_maxrss from wait4; stdout and stderr go to temporary files, so nothing blocks)."""
     if big and lock:
         cmd = ["flock", lock, *cmd]
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
-    dt = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-    if p.returncode:
-        print(f"  ! {' '.join(cmd)} -> {p.returncode}: {err.strip()[-400:]}")
-    return dt, ru.ru_maxrss * 1024, p.returncode
+    with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe)
+        _, status, ru = os.wait4(p.pid, 0)
+        dt = time.perf_counter() - t0
+        p.returncode = code = os.waitstatus_to_exitcode(status)
+        fo.seek(0)
+        fe.seek(0)
+        out, err = fo.read().decode(errors="replace"), fe.read().decode(errors="replace")
+    if code:
+        print(f"  ! {' '.join(cmd)} -> {code}: {err.strip()[-400:]}")
+    return dt, ru.ru_maxrss * 1024, code, out
 
 
 def cli(files: list[Path], lock: str | None, tables: str, chunk: int | None,
         only: str | None = None) -> None:
+    import re
     import resource
 
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -132,10 +149,15 @@ def cli(files: list[Path], lock: str | None, tables: str, chunk: int | None,
           "this process's RSS when they were forked)")
     exe = [sys.executable, "-m", "mbo_lab.cli"]
     extra = [] if chunk is None else ["--chunk-records", str(chunk)]
+    dt, _, _, _ = _run([*exe, "--version"], None, False)
     print(f"\n## mbo-lab mbp / export (default chunk unless --chunk) ({_load()})")
-    print(f"| {'command':<30} | {'records':>12} | {'input GiB':>9} | {'s':>8} | "
-          f"{'Mrec/s':>7} | {'peak RSS GiB':>12} | {'out MiB':>8} |")
-    print(f"|{'-' * 32}|{'-' * 14}|{'-' * 11}|{'-' * 10}|{'-' * 9}|{'-' * 14}|{'-' * 10}|")
+    print(f"start-up of `mbo-lab --version` (interpreter + import mbo_lab): {dt:.2f} s; "
+          "'s' is the whole child, 'in-cmd s' what the command reports (without start-up)")
+    print(f"| {'command':<30} | {'records':>12} | {'input GiB':>9} | {'s':>7} | "
+          f"{'in-cmd s':>8} | {'Mrec/s':>6} | {'in-cmd':>6} | {'peak RSS GiB':>12} | "
+          f"{'out MiB':>7} |")
+    print(f"|{'-' * 32}|{'-' * 14}|{'-' * 11}|{'-' * 9}|{'-' * 10}|{'-' * 8}|{'-' * 8}|"
+          f"{'-' * 14}|{'-' * 9}|")
     for f in files:
         n = _records_in(f)
         big = n < 0 or n >= 50_000_000
@@ -151,15 +173,18 @@ def cli(files: list[Path], lock: str | None, tables: str, chunk: int | None,
             for label, cmd, target in runs:
                 if only and not label.startswith(only):
                     continue
-                dt, rss, rc = _run(cmd, lock, big)
+                dt, rss, rc, text = _run(cmd, lock, big)
+                m = re.search(r" in ([0-9.]+) s", text)
+                inner = float(m.group(1)) if m else float("nan")
                 size = (target.stat().st_size if target.is_file() else
                         sum(p.stat().st_size for p in target.rglob("*.parquet"))
                         if target.exists() else 0)
                 rate = n / dt / 1e6 if n > 0 else float("nan")
+                irate = n / inner / 1e6 if n > 0 else float("nan")
                 print(f"| {label:<30} | {n:>12,} | {f.stat().st_size / 2**30:>9.2f} | "
-                      f"{dt:>8.1f} | {rate:>7.2f} | {rss / 2**30:>12.2f} | "
-                      f"{size / 2**20:>8,.0f} |{'' if rc == 0 else ' FAILED'} {_load()}",
-                      flush=True)
+                      f"{dt:>7.1f} | {inner:>8.1f} | {rate:>6.2f} | {irate:>6.2f} | "
+                      f"{rss / 2**30:>12.2f} | {size / 2**20:>7,.0f} |"
+                      f"{'' if rc == 0 else ' FAILED'} {_load()}", flush=True)
                 if target.is_dir():
                     shutil.rmtree(target, ignore_errors=True)
                 elif target.exists():
@@ -172,7 +197,8 @@ def main() -> None:
                     default=os.environ.get("MBO_LAB_BENCH_FILES", "").split() or None)
     ap.add_argument("--records", type=int, default=10_000_000,
                     help="records of the generated file when no --files")
-    ap.add_argument("--encoding-records", type=int, default=2_000_000)
+    ap.add_argument("--encoding-records", type=int, default=2_000_000,
+                    help="records whose MBP-10 states the encodings table writes")
     ap.add_argument("--lock", default=os.environ.get("MBO_LAB_BENCH_LOCK"))
     ap.add_argument("--export-tables", default="records,bbo,mbp,trades")
     ap.add_argument("--chunk", type=int, default=None)
@@ -191,10 +217,10 @@ def main() -> None:
                                      seed=1)]
     try:
         plain = [f for f in files if not str(f).endswith(".zst")]
+        if not args.skip_cli:  # first: a child's ru_maxrss can include a big parent's RSS
+            cli(files, args.lock, args.export_tables, args.chunk, args.only)
         if not args.skip_encodings and plain:
             encodings(plain[0], args.encoding_records)
-        if not args.skip_cli:
-            cli(files, args.lock, args.export_tables, args.chunk, args.only)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
