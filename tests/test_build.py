@@ -345,17 +345,81 @@ def test_threads_equal_one_pass_and_reference(small_synth, clx5, threads):
         assert one.equals(want)
 
 
+def test_select_part_gathers_one_part_with_global_rows(small_synth):
+    """kernel.select_part: the records of one part, in order, with each one's row among
+    all F_LAST states and all trades of the stream (numpy oracle), for every part."""
+    from mbo_lab.book import build as B
+
+    kr = B._readonly(small_synth)
+    words = kr.view(np.int64).reshape(len(kr), 7)
+    key = ((kr["instrument_id"].astype(np.int64) << 16) | kr["publisher_id"]) + 1
+    is_last = (kr["flags"] & F_LAST) != 0
+    is_trade = kr["action"] == ord("T")
+    for nparts, mul in ((2, B._PART_MULS[0]), (3, B._PART_MULS[1])):
+        h = (key.astype(np.uint64) * np.uint64(mul)) >> np.uint64(32)
+        parts = ((h * np.uint64(nparts)) >> np.uint64(32)).astype(np.int64)
+        assert set(parts.tolist()) <= set(range(nparts))
+        for p in range(nparts):
+            sel = [np.full(len(kr), -7, np.int64) for _ in range(3)]
+            g = np.zeros(len(kr), kr.dtype)
+            m, n_out, n_tr = B.K.select_part(kr, words, nparts, p, np.uint64(mul), 5, 9,
+                                             *sel, g.view(np.int64).reshape(len(kr), 7))
+            want = np.flatnonzero(parts == p)
+            assert m == len(want) and n_out == 5 + is_last.sum() and n_tr == 9 + is_trade.sum()
+            assert np.array_equal(sel[0][:m], want)
+            assert np.array_equal(sel[1][:m], 5 + (np.cumsum(is_last) - is_last)[want])
+            assert np.array_equal(sel[2][:m], 9 + (np.cumsum(is_trade) - is_trade)[want])
+            assert g[:m].tobytes() == kr[want].tobytes()
+
+
+def test_threads_error_in_a_worker_is_raised_not_hung(small_synth, monkeypatch):
+    """A failure in any thread reaches the caller; threads waiting on it do not hang."""
+    from mbo_lab.book import build as B
+
+    kr = B._readonly(small_synth)
+    real = B.NumbaEngine.run
+    calls = {"n": 0}
+
+    def flaky(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise EngineError("injected")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(B.NumbaEngine, "run", flaky)
+    n_last = int(np.count_nonzero(kr["flags"] & F_LAST))
+    buf = B.FrameBuffer(n_last, 2, column_major=True, fields=True)
+    for threads in (2, 3):
+        calls["n"] = 0
+        with pytest.raises(EngineError, match="injected"):
+            B._run_threads(kr, buf, np.empty(len(kr), np.int64), 2, threads,
+                           B._PART_MULS[0], 997, None)
+
+
 def test_threads_option_and_planner(small_synth, monkeypatch):
     from mbo_lab.book import build as B
 
     kr = B._readonly(small_synth)
     assert B._plan_threads(kr, 1) == (1, 1)
-    assert B._plan_threads(kr, None) == (1, 1)  # off unless asked
+    assert B._plan_threads(kr, None) == (1, 1)  # small streams: one thread
     monkeypatch.setattr(B, "PARALLEL_MIN_RECORDS", 1000)
     monkeypatch.setenv("MBO_LAB_THREADS", "2")
     assert B._plan_threads(kr, None) == B._plan_threads(kr, 2)
     assert B._plan_threads(kr[:10], None) == (1, 1)  # small streams stay on one thread
+    monkeypatch.setenv("MBO_LAB_THREADS", "1")
+    assert B._plan_threads(kr, None) == (1, 1)
     monkeypatch.delenv("MBO_LAB_THREADS")
+    # auto: idle CPUs by the load average
+    monkeypatch.setattr(B, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(B.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    assert B._auto_threads() == 2
+    monkeypatch.setattr(B.os, "getloadavg", lambda: (1.7, 1.0, 1.0))
+    assert B._auto_threads() == 1  # the other core is busy
+    monkeypatch.setattr(B, "_usable_cpus", lambda: 1)
+    monkeypatch.setattr(B.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert B._auto_threads() == 1
+    monkeypatch.setattr(B, "_usable_cpus", lambda: 16)
+    assert B._auto_threads() == 4
     n, mul = B._plan_threads(kr, 2)
     if n == 2:
         sizes = B._part_sizes(kr, 1, 2, mul)

@@ -107,8 +107,6 @@ class NumbaEngine:
         self.records_applied = 0
         self.every = 0 if every is None else int(every)
         self.changes_only = bool(changes_only)
-        #: ``(parts, part, multiplier)``: apply only the books of one part (threads)
-        self.partition = (1, 0, np.uint64(1))
         w = K.SP_HEAD + 6 * self.levels
         self._smp_cur = np.zeros(w, np.int64)
         self._smp_meta = np.zeros(4, np.int64)
@@ -168,13 +166,30 @@ class NumbaEngine:
         return out
 
     def run(self, recs: np.ndarray, buf: FrameBuffer, n_out: int, trade_idx: np.ndarray,
-            base_index: int | None = None, log_key: int | None = None, n_trades: int = 0
+            base_index: int | None = None, log_key: int | None = None, n_trades: int = 0,
+            sel: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
             ) -> tuple[FrameBuffer, int, int, np.ndarray | None]:
         """Apply kernel-view records, writing states into ``buf`` from state ``n_out`` (it
         must have room for every F_LAST of ``recs`` unless sampling, where it grows) and
         Trade indices into ``trade_idx`` from ``n_trades``. Returns ``(buffer, states,
-        trades, level log or None)``; the buffer is a new one if it had to grow."""
+        trades, level log or None)``; the buffer is a new one if it had to grow.
+
+        ``sel = (indices, output rows, trade rows)`` from :func:`kernel.select_part`
+        (threads over independent books): only ``recs[indices]`` are applied, each state and
+        trade at its given row; the returned counts are then meaningless (not with
+        sampling or a log)."""
         recs = _readonly(recs)
+        if sel is None:
+            sel = _NO_SEL
+            stop = len(recs)
+        else:
+            if self.sampled or log_key is not None:
+                raise EngineError("internal: a record selection is not for sampling or a log")
+            stop = len(recs)
+            if stop == 0:
+                self.records_applied = (self.records_applied if base_index is None
+                                        else int(base_index)) + len(recs)
+                return buf, n_out, n_trades, None
         base = self.records_applied if base_index is None else int(base_index)
         if log_key is None:
             lkey = 0
@@ -191,10 +206,10 @@ class NumbaEngine:
         i, n_tr, n_log = 0, int(n_trades), 0
         while True:
             i, status, n_out, n_tr, n_log = K.apply_records(
-                *self.state.as_tuple(), recs, i, len(recs), self.levels,
+                *self.state.as_tuple(), recs, i, stop, self.levels,
                 *buf.kernel_outputs(), n_out, trade_idx, n_tr, base, lkey, log, n_log,
                 buf.rs, buf.ks, *buf.fields, self.every, self.changes_only, pend, last, lst,
-                self._smp_meta, self._smp_cur, *self.partition,
+                self._smp_meta, self._smp_cur, *sel,
             )
             if status == K.OK:
                 break
@@ -397,5 +412,6 @@ def make_engine(name: str = "numba", levels: int = 10, **kw) -> NumbaEngine | Re
 
 
 _NO_LOG = np.zeros((0, 4), np.int64)
+_NO_SEL = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 _ = (MBO_DTYPE, UNDEF_PRICE)

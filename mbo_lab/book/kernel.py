@@ -424,6 +424,14 @@ def _log_clear(LG, n_log, i, SG, P, LV, s):
 
 
 @njit(inline="always", **_JIT)
+def part_of(key, nparts, pmul):
+    """Part (thread) of book ``key`` in a partition of ``nparts``: bits 32-63 of
+    ``key * pmul`` scaled to ``[0, nparts)`` by a multiply (no division in the loop)."""
+    h = (np.uint64(key) * np.uint64(pmul)) >> np.uint64(32)
+    return np.int64((h * np.uint64(nparts)) >> np.uint64(32))
+
+
+@njit(inline="always", **_JIT)
 def _book_probe(BH, key, bkmask, k0, k1):
     """Book index of ``key`` in the flat book hash ``BH`` (-1: not created yet)."""
     hb = _ohash(key, 0, bkmask, k0, k1)
@@ -437,14 +445,11 @@ def _book_probe(BH, key, bkmask, k0, k1):
 
 
 @njit(inline="always", **_JIT)
-def _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1, nparts, part, pmul):
-    """Book of record ``j`` (-1: none yet, or another thread's book) and the home row of
-    its order in the order hash, which is prefetched."""
+def _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1):
+    """Book of record ``j`` (-1: none yet) and the home row of its order in the order hash,
+    which is prefetched."""
     r = recs[np.uint64(j)]
     key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
-    if nparts > 1 and np.int64(((np.uint64(key) * np.uint64(pmul)) >> np.uint64(40))
-                               % np.uint64(nparts)) != part:
-        return np.int64(-1), np.int64(0)
     b = _book_probe(BH, key, bkmask, k0, k1)
     h = _ohash(np.int64(r.order_id), b, ohmask, k0, k1)
     _prefetch(OH, np.uint64(2 * h))
@@ -452,9 +457,9 @@ def _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1, nparts, part, pmul):
 
 
 @njit(**_JIT)
-def _peek_call(recs, j, BH, bkmask, OH, ohmask, k0, k1, nparts, part, pmul):
+def _peek_call(recs, j, BH, bkmask, OH, ohmask, k0, k1):
     """:func:`_peek` as a call (not inlined), for the few look-ups before the loop."""
-    return _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1, nparts, part, pmul)
+    return _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -718,7 +723,7 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                   out_asz, out_act, out_cross, n_out, trade_idx, n_trades, base_index,
                   log_key, level_log, n_log, rs, ks, out_tsr, out_tse, out_iid, out_pub,
                   out_seq, every, changes_only, smp_pend, smp_last, smp_list, smp_meta,
-                  smp_cur, nparts, part, pmul):
+                  smp_cur, sel, sel_out, sel_tr):
     """Apply ``recs[start:stop]`` (``MBO_KERNEL_DTYPE``) to the state arrays.
 
     At every record with F_LAST, row ``n_out`` of the outputs gets the record's index
@@ -739,10 +744,13 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
     ``smp_list (books,)``, ``smp_meta (4,)``, ``smp_cur (8 + 6 nlev,)``). Room for the
     states a record can emit is checked before the record (``NEED_OUT``).
 
-    Partitions (``nparts > 1``, for threads over independent books): only records whose
-    book key falls in part ``part`` (``(key * pmul >> 40) % nparts``) are applied; the
-    others only advance the output and trade positions, so threads sharing the outputs
-    fill disjoint rows of one record-ordered result. Not with sampling.
+    Selection (threads over independent books, see :func:`select_part`): with a
+    non-empty ``sel``, ``recs`` holds the records of some books gathered from a larger
+    stream, ``sel[i]`` is record ``i``'s index in that stream (offset by ``base_index``),
+    and its state goes to output row ``sel_out[i]`` and its trade index to ``sel_tr[i]``
+    (their rows in the whole record-ordered result), so threads sharing the outputs fill
+    disjoint rows. Not with sampling or the log; the returned ``n_out``/``n_trades`` are
+    then meaningless (the caller has the totals from :func:`select_part`).
 
     Level-change log: for the book with ``log_key = (instrument_id << 16 | publisher_id)
     + 1`` (0: no log), every change of an aggregated level's size is written from row
@@ -786,19 +794,16 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
     # look-ahead pipeline: book and order-hash home row of records i+1..i+4, found (and
     # the hash row prefetched) four records ahead
     last = max(stop - 1, 0)
+    use_sel = sel.shape[0] > 0
     b1, h1 = np.int64(-1), np.int64(0)
     b2, h2 = np.int64(-1), np.int64(0)
     b3, h3 = np.int64(-1), np.int64(0)
     b4, h4 = np.int64(-1), np.int64(0)
     if stop > start:
-        b1, h1 = _peek_call(recs, start, BH, bkmask, OH, ohmask, k0, k1, nparts,
-                            part, pmul)
-        b2, h2 = _peek_call(recs, min(start + 1, last), BH, bkmask, OH, ohmask, k0, k1, nparts,
-                            part, pmul)
-        b3, h3 = _peek_call(recs, min(start + 2, last), BH, bkmask, OH, ohmask, k0, k1, nparts,
-                            part, pmul)
-        b4, h4 = _peek_call(recs, min(start + 3, last), BH, bkmask, OH, ohmask, k0, k1, nparts,
-                            part, pmul)
+        b1, h1 = _peek_call(recs, start, BH, bkmask, OH, ohmask, k0, k1)
+        b2, h2 = _peek_call(recs, min(start + 1, last), BH, bkmask, OH, ohmask, k0, k1)
+        b3, h3 = _peek_call(recs, min(start + 2, last), BH, bkmask, OH, ohmask, k0, k1)
+        b4, h4 = _peek_call(recs, min(start + 3, last), BH, bkmask, OH, ohmask, k0, k1)
     for i in range(start, stop):
         r = recs[np.uint64(i)]
         act = r.action
@@ -809,19 +814,10 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
         b1, h1 = b2, h2
         b2, h2 = b3, h3
         b3, h3 = b4, h4
-        b4, h4 = _peek(recs, min(i + 4, last), BH, bkmask, OH, ohmask, k0, k1, nparts,
-                       part, pmul)
+        b4, h4 = _peek(recs, min(i + 4, last), BH, bkmask, OH, ohmask, k0, k1)
         # the order row of record i+1 (if its home hash row holds it) into cache
         t1 = OH[np.uint64(2 * h1 + 1)]
         _prefetch(OR, np.uint64((t1 & SLOT_MASK) * N_OCOLS if t1 >= 0 else 0))
-        if nparts > 1 and np.int64(((np.uint64(key) * np.uint64(pmul)) >> np.uint64(40))
-                                   % np.uint64(nparts)) != part:
-            # ---- another thread's book: keep the global output and trade positions
-            if flags & F_LAST:
-                n_out += 1
-            if act == ACTION_TRADE and want_trades:
-                n_trades += 1
-            continue
         if b < 0:
             # ---- the record's book (-1: not created yet)
             b = _book_probe(BH, key, bkmask, k0, k1)
@@ -846,7 +842,11 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                 hhome = _ohash(np.int64(r.order_id), b, ohmask, k0, k1)
         if act == ACTION_TRADE or act == ACTION_FILL or act == ACTION_NONE:
             if act == ACTION_TRADE and want_trades:
-                trade_idx[np.uint64(n_trades)] = base_index + i
+                if use_sel:
+                    n_trades = sel_tr[np.uint64(i)]
+                    trade_idx[np.uint64(n_trades)] = base_index + sel[np.uint64(i)]
+                else:
+                    trade_idx[np.uint64(n_trades)] = base_index + i
                 n_trades += 1
         elif act == ACTION_ADD or act == ACTION_CANCEL or act == ACTION_MODIFY or \
                 act == ACTION_CLEAR:
@@ -1107,7 +1107,11 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
                                          out_tse, out_iid, out_pub, out_seq)
                 continue
             # ---- publish the record's book: top nlev levels and cross state
-            out_idx[np.uint64(n_out)] = base_index + i
+            if use_sel:
+                n_out = sel_out[np.uint64(i)]
+                out_idx[np.uint64(n_out)] = base_index + sel[np.uint64(i)]
+            else:
+                out_idx[np.uint64(n_out)] = base_index + i
             if want_fields:
                 out_tsr[np.uint64(n_out)] = np.int64(r.ts_recv)
                 out_tse[np.uint64(n_out)] = np.int64(r.ts_event)
@@ -1197,6 +1201,32 @@ def count_outputs(recs):
 
 
 @njit(**_JIT)
+def select_part(recs, words, nparts, part, pmul, n_out, n_trades, sel, sel_out, sel_tr,
+                out_words):
+    """Gather the records of ``recs`` whose book is in part ``part`` of ``nparts``
+    (:func:`part_of`) for :func:`apply_records`'s selection: the records (as 7 int64 words
+    each: ``words`` is ``recs`` viewed so) into ``out_words``, their indices into ``sel``,
+    each one's output row (``n_out`` + F_LAST records before it) into ``sel_out`` and trade
+    row into ``sel_tr`` (all of at least ``len(recs)`` rows). Branch-free (every record is
+    written, then kept or overwritten): books interleave at random, so a test per record
+    would be a mispredicted branch; and the kernel then walks contiguous records. Returns
+    ``(selected, n_out, n_trades)`` after the whole of ``recs``."""
+    m = 0
+    for i in range(recs.shape[0]):
+        r = recs[np.uint64(i)]
+        key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
+        for w in range(7):
+            out_words[np.uint64(m), np.uint64(w)] = words[np.uint64(i), np.uint64(w)]
+        sel[np.uint64(m)] = i
+        sel_out[np.uint64(m)] = n_out
+        sel_tr[np.uint64(m)] = n_trades
+        m += np.int64(part_of(key, nparts, pmul) == part)
+        n_out += np.int64((r.flags & F_LAST) != 0)
+        n_trades += np.int64(r.action == ACTION_TRADE)
+    return m, n_out, n_trades
+
+
+@njit(**_JIT)
 def part_sizes(recs, step, nparts, pmul, out):
     """Records per part of every ``step``-th record into ``out (nparts,)`` (zeroed first):
     the balance of a book partition."""
@@ -1204,8 +1234,7 @@ def part_sizes(recs, step, nparts, pmul, out):
     for i in range(0, recs.shape[0], step):
         r = recs[np.uint64(i)]
         key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
-        out[np.int64(((np.uint64(key) * np.uint64(pmul)) >> np.uint64(40))
-                     % np.uint64(nparts))] += 1
+        out[part_of(key, nparts, pmul)] += 1
     return out
 
 
