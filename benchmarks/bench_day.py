@@ -12,7 +12,8 @@ stream, runs the case once and reports its wall time, CPU time and its own peak 
 * ``floor1`` / ``floor10``: allocate and fill fresh arrays of the byte size of the frame
   ``bbo`` / ``mbp(levels=10)`` returns (the fresh-memory floor: a returned frame must be
   written to fresh memory once);
-* ``bbo``: ``mbo_lab.bbo(data)``; ``mbp10``: ``mbo_lab.mbp(data, levels=10)`` at every
+* ``bbo``: ``mbo_lab.bbo(data)`` (threads chosen automatically: 2 on an idle 2-core
+  machine); ``bbo1t``: the same on one thread; ``mbp10``: ``mbo_lab.mbp(data, levels=10)`` at every
   F_LAST (skipped when its frame would not fit the memory budget ``--max-frame-gib``);
   ``mbp10_100ms``: ``mbo_lab.mbp(data, levels=10, every="100ms")``;
 * ``baseline``: import + warmup only (the RSS every case starts from).
@@ -77,7 +78,7 @@ if case.startswith("kernel") and "x" in case:
     for a in buf.kernel_outputs():
         a.view(np.uint8).fill(0)
     tr = np.zeros(n_tr, np.int64)
-    timed(lambda: B._run_threads(recs, buf, tr, levels, nthreads, mul, 1 << 20, None))
+    timed(lambda: B._run_threads(recs, buf, tr, levels, nthreads, mul, B.THREAD_CHUNK, None))
     res["frame_bytes"] = 0
 elif case.startswith("kernel"):
     levels = int(case[6:])
@@ -99,7 +100,13 @@ elif case.startswith("floor"):
     timed(fill)
     res["frame_bytes"] = nbytes
 elif case == "bbo":
+    from mbo_lab.book import build as B
+    res["threads"] = B._plan_threads(B._readonly(data.records), None)[0]  # auto: idle CPUs
     df = timed(lambda: mbo_lab.bbo(data))
+    res["frame_bytes"] = int(df.memory_usage(index=True).sum())
+    res["rows"] = len(df)
+elif case == "bbo1t":
+    df = timed(lambda: mbo_lab.bbo(data, threads=1))
     res["frame_bytes"] = int(df.memory_usage(index=True).sum())
     res["rows"] = len(df)
 elif case == "mbp10":
@@ -136,21 +143,31 @@ def run_case(case: str, path: Path, n: int, nbytes: int = 0, lock: str | None = 
     return {"case": case, "error": (out.stderr or out.stdout)[-600:]}
 
 
-def data_file(n: int, data_dir: Path | None, tmp: Path) -> Path:
-    """A file with at least ``n`` records: DIR/synth_<n>.dbn, a larger one, or generated."""
+def data_file(n: int, data_dir: Path | None, tmp: Path, books: int = 0) -> Path:
+    """A file with at least ``n`` records: DIR/<prefix><n>.dbn, a larger one, or generated.
+    ``books=0``: the default synthetic books (``synth_``: 5 books, the largest 37 % of the
+    records); ``books=K``: K equal books (``synth_multiK_``), as a multi-instrument feed."""
+    prefix = f"synth_multi{books}_" if books else "synth_"
     if data_dir is not None:
-        exact = data_dir / f"synth_{n}.dbn"
+        exact = data_dir / f"{prefix}{n}.dbn"
         if exact.is_file():
             return exact
-        larger = sorted((int(p.stem.split("_")[1]), p) for p in data_dir.glob("synth_*.dbn")
-                        if p.stem.split("_")[1].isdigit() and int(p.stem.split("_")[1]) >= n)
+        larger = sorted((int(p.stem[len(prefix):]), p) for p in data_dir.glob(f"{prefix}*.dbn")
+                        if p.stem[len(prefix):].isdigit() and int(p.stem[len(prefix):]) >= n)
         if larger:
             return larger[0][1]
     import mbo_lab
 
-    path = tmp / f"synth_{n}.dbn"
+    path = tmp / f"{prefix}{n}.dbn"
     if not path.exists():
-        mbo_lab.write_synth(path, n, seed=1, progress=False)
+        kw = {}
+        if books:
+            from mbo_lab.io.synth import SynthInstrument
+
+            kw["instruments"] = [SynthInstrument(2000 + k, 1, f"MB{k:02d}", 10_000_000,
+                                                 (50 + 10 * k) * 1_000_000_000)
+                                 for k in range(books)]
+        mbo_lab.write_synth(path, n, seed=1, progress=False, **kw)
     return path
 
 
@@ -187,9 +204,12 @@ def main() -> None:
     ap.add_argument("--lock", default=None, help="flock file for the --big sizes")
     ap.add_argument("--max-frame-gib", type=float, default=6.0,
                     help="skip mbp at every F_LAST when its frame would exceed this")
-    ap.add_argument("--cases", default="baseline,kernel1,kernel1x2,kernel10,bbo,floor1,mbp10,"
+    ap.add_argument("--cases", default="baseline,kernel1,kernel1x2,kernel10,bbo,bbo1t,floor1,"
+                                       "mbp10,"
                                        "floor10,mbp10_100ms")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--books", type=int, default=0,
+                    help="K > 0: a stream of K equal books (synth_multiK_<N>.dbn)")
     args = ap.parse_args()
     data_dir = Path(args.data_dir) if args.data_dir else None
     sizes = [(int(float(x)), False) for x in args.sizes.split(",") if x]
@@ -199,7 +219,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n, big in sizes:
-            path = data_file(n, data_dir, Path(tmp))
+            path = data_file(n, data_dir, Path(tmp), args.books)
             lock = args.lock if big else None
             input_bytes = 56 * n
             got: dict[str, dict] = {}
@@ -244,6 +264,7 @@ def main() -> None:
             fb = r.get("frame_bytes", 0)
             print(f"{n:>11,} {case:<12} {wall:>8.3f} {cpu:>8.3f} {rate:>8.2f} "
                   f"{r['peak_rss'] / GIB:>8.2f}G {fb / GIB:>8.2f}G  {judge(case, r, got, base)}"
+                  f"{' threads ' + str(r['threads']) if 'threads' in r else ''}"
                   f" (load {r['load']:.1f})")
     if args.json:
         Path(args.json).write_text(json.dumps([{"records": n, "cases": g} for n, _, g in rows],

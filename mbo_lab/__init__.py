@@ -109,6 +109,9 @@ def warmup() -> float:
     data = MboData(recs)
     bbo(data)
     mbp(data, levels=10)
+    from .book.build import _warm_threads
+
+    _warm_threads(recs)  # large streams apply their books in threads on idle CPUs
     NumbaEngine(levels=10).apply(recs)
     session = __getattr__("open_session")(data, progress=False)
     session.seek(len(recs) // 2)

@@ -279,6 +279,7 @@ def signatures():
                 out[f"{name}.{attr}"] = len(obj.signatures)
     return out
 
+demo = mbo_lab.load(mbo_lab.demo_path())  # several books (generated before the snapshot)
 before = signatures()
 data = mbo_lab.load(sys.argv[1])
 mbo_lab.bbo(data)
@@ -287,6 +288,10 @@ s = mbo_lab.open(data, progress=False)
 s.seek(len(data) // 2)
 s.step(5)
 s.back(2)
+from mbo_lab.book import build as B
+assert B._plan_threads(B._readonly(demo.records), 2)[0] == 2
+mbo_lab.bbo(demo, threads=2)  # a day on idle CPUs: books in threads
+mbo_lab.mbp(demo, levels=10, threads=2)
 after = signatures()
 print("NEW", sorted(k for k in after if after[k] != before.get(k, 0)))
 """

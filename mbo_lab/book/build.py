@@ -190,6 +190,18 @@ def _plan_threads(recs: np.ndarray, threads: int | None) -> tuple[int, int]:
     return threads, best
 
 
+def _warm_threads(recs: np.ndarray) -> None:
+    """Compile (or load) :func:`kernel.select_part` and :func:`kernel.part_sizes` for
+    read-only records as a threaded pass calls them (the kernel's signature is the one-thread pass's)."""
+    recs = _readonly(recs)
+    n = len(recs)
+    sel = (np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64))
+    gathered = np.empty(n, recs.dtype)
+    K.select_part(recs, recs.view(np.int64).reshape(n, 7), 2, 0, np.uint64(_PART_MULS[0]),
+                  0, 0, *sel, gathered.view(np.int64).reshape(n, 7))
+    _part_sizes(recs, 1, 2, _PART_MULS[0])
+
+
 def _run_threads(recs: np.ndarray, buf: FrameBuffer, trade_idx: np.ndarray, levels: int,
                  nthreads: int, pmul: int, chunk: int, bar) -> dict[str, int]:
     """Apply ``recs`` with one engine per thread, each owning a part of the books; all
