@@ -116,7 +116,7 @@ _PROGRESS_MIN_RECORDS = 2_000_000
 _FORMAT_VERSION = 2
 #: rows per Parquet row group (clustered by instrument, for predicate pushdown)
 ROW_GROUP_ROWS = 1 << 17
-#: Parquet options of the store's records and trades tables (book tables: parquet_options)
+#: Parquet options of the store's records and trades tables (bbo, mbp: parquet_options)
 STORE_PARQUET = {"compression": "zstd", "compression_level": 1}
 #: codecs of :func:`parquet_options` (``mbo-lab mbp --compression``)
 COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
@@ -695,7 +695,9 @@ class _Staging:
                     self.part_no[wkey] = no + 1
                     path = self.dir / table / f"date={d}" / f"{no:05d}.parquet"
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    writer = pq.ParquetWriter(path, schema, **STORE_PARQUET)
+                    opts = (parquet_options(schema.names) if table in ("bbo", "mbp")
+                            else STORE_PARQUET)
+                    writer = pq.ParquetWriter(path, schema, **opts)
                     self.writers[wkey] = writer
                     self.staged.append((table, d, path))
                 writer.write_table(tbl, row_group_size=ROW_GROUP_ROWS)
@@ -1384,7 +1386,10 @@ def _thrift_value(out: bytearray, t: int, v) -> None:
             out.append(0xF0 | et)
             _thrift_varint(out, len(items))
         for x in items:
-            _thrift_value(out, et, x)
+            if et == _T_STRUCT and isinstance(x, (bytes, bytearray)):
+                out += x  # a struct serialized before
+            else:
+                _thrift_value(out, et, x)
     elif t == _T_MAP:
         kt, vt, pairs = v
         _thrift_varint(out, len(pairs))
@@ -1487,7 +1492,7 @@ class ParallelParquetWriter:
         pq.ParquetWriter(sink, schema, **options).close()  # no row group: the base footer
         _, base = _footer(sink.getvalue())
         self.meta = _ThriftReader(base).struct()
-        self.row_groups: list = []
+        self.row_groups: list[bytes] = []  # RowGroup structs, offsets moved, serialized
         self.num_rows = 0
         self.fh = open(path, "wb")
         self.fh.write(b"PAR1")
@@ -1545,9 +1550,11 @@ class ParallelParquetWriter:
             try:
                 if self.error is None:
                     self.fh.write(memoryview(data)[4: 4 + body_len])
-                    for rg in groups:
+                    for rg in groups:  # kept serialized: ~0.3 KB per column chunk
                         _shift_row_group(rg, self.pos - 4, len(self.row_groups))
-                        self.row_groups.append(rg)
+                        out = bytearray()
+                        _thrift_struct(out, rg)
+                        self.row_groups.append(bytes(out))
                     self.pos += body_len
                     self.num_rows += rows
             except BaseException as exc:  # noqa: BLE001 - e.g. a full disk
