@@ -30,8 +30,10 @@ Tables (every row carries ``ts_recv`` and ``ts_event`` as ``timestamp[ns, UTC]``
     Trade (``T``) records: ``price``, ``price_fixed``, ``size``, ``side`` (aggressor:
     ``B`` buy, ``A`` sell, ``N`` none/implied), ``order_id``, ``sequence``, ``flags``.
 
-**File count.** One export writes at most one file per table and UTC day (a new file only
-when more than 64 days are open at once), whatever the number of instruments. Inside a
+**File count.** One export writes one file per table and UTC day (a new file only when more
+than 64 days are open at once, when rows of an earlier day come after a later day's, or
+after 256 row groups = 32Mi rows, which bounds the writer's memory), whatever the number
+of instruments. Inside a
 file, each chunk's rows are sorted by ``instrument_id`` (then source order) and written in
 row groups of at most 128Ki rows, so the row-group statistics let pyarrow, DuckDB and Dask
 skip row groups when filtering on ``instrument_id``.
@@ -112,6 +114,9 @@ _LOCK = ".lock"
 _STAGING = ".staging"
 _NS_PER_DAY = 86_400_000_000_000
 _MAX_OPEN_WRITERS = 64
+#: row groups per file (32Mi rows): a writer holds the metadata of its row groups (about
+#: 1 KB per column chunk) until it closes, so a longer day goes on in a new file
+_MAX_FILE_ROW_GROUPS = 256
 _PROGRESS_MIN_RECORDS = 2_000_000
 _FORMAT_VERSION = 2
 #: rows per Parquet row group (clustered by instrument, for predicate pushdown)
@@ -648,6 +653,7 @@ class _Staging:
         self.source = source
         self.writers: dict[tuple[str, str], Any] = {}
         self.part_no: dict[tuple[str, str], int] = {}
+        self.groups: dict[tuple[str, str], int] = {}  # row groups written per (table, day)
         self.staged: list[tuple[str, str, Path]] = []  # (table, day, staged file)
         self.rows: dict[str, int] = {}
         self.schemas: dict[str, Any] = {}
@@ -701,6 +707,13 @@ class _Staging:
                     self.writers[wkey] = writer
                     self.staged.append((table, d, path))
                 writer.write_table(tbl, row_group_size=ROW_GROUP_ROWS)
+                groups = self.groups[wkey] = self.groups.get(wkey, 0) + 1
+                if groups % _MAX_FILE_ROW_GROUPS == 0:  # its footer metadata stays bounded
+                    self.writers.pop(wkey).close()
+            # an earlier day of this table gets no more rows in a time-ordered source:
+            # close its file (the metadata of its row groups leaves memory)
+            for old in [k for k in self.writers if k[0] == table and k[1] < d]:
+                self.writers.pop(old).close()
         self.rows[table] = self.rows.get(table, 0) + n
 
     def _close_writers(self) -> None:

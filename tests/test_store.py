@@ -440,6 +440,25 @@ def test_row_groups_are_clustered_by_instrument(recs, tmp_path, monkeypatch):
     assert single >= len(spans) - 2 * 6  # at most a few groups straddle two instruments
 
 
+def test_long_days_go_on_in_new_files(recs, exported, tmp_path, monkeypatch):
+    """A writer closes after _MAX_FILE_ROW_GROUPS row groups (and an earlier day's when a
+    later day starts), so its metadata stays bounded: more files, the same tables."""
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(store, "ROW_GROUP_ROWS", 1_000)
+    monkeypatch.setattr(store, "_MAX_FILE_ROW_GROUPS", 3)
+    s = store.export(recs, tmp_path, levels=4, chunk_records=4_000, progress=False,
+                     symbols=SYMBOLS)
+    base, _ = exported
+    for table in ("records", "bbo", "mbp"):
+        paths = store.files(tmp_path, table)
+        assert len(paths) > 4, (table, len(paths))
+        assert all(pq.ParquetFile(p).metadata.num_row_groups <= 3 for p in paths)
+        got, want = store.read(tmp_path, table), store.read(base, table)
+        assert s["tables"][table]["rows"] == len(want)
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+
+
 # --------------------------------------------------------------------------- odd bytes, edges
 
 
