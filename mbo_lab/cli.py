@@ -29,7 +29,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -199,35 +198,6 @@ def _writer_threads() -> int:
     return max(2, min(4, os.cpu_count() or 2))
 
 
-def _frames_two_buffers(path: Path, levels: int, chunk_records: int
-                        ) -> Iterator[tuple[object, object, int]]:
-    """``iter_frames(path, levels, "numba", chunk_records, reuse=True,
-    price_type="float")`` (every F_LAST), but the kernel writes the chunks alternately
-    into two buffers: yields ``(chunk, frames, slot)``. While the caller's writer thread
-    encodes the frames of one slot, the kernel fills the other; before asking for the
-    next chunk the caller must be done with the frames of the other slot (``1 - slot``).
-    Each buffer holds ``chunk_records`` states (F_LAST records <= records); only the rows
-    written become resident memory.
-    """
-    from .book.engine import NumbaEngine, _readonly
-    from .book.frames import FrameBuffer
-    from .io.dbn import iter_chunks
-
-    eng = NumbaEngine(levels, trades=False)
-    no_trades = np.zeros(0, np.int64)
-    bufs: list[FrameBuffer | None] = [None, None]
-    for i, chunk in enumerate(iter_chunks(path, chunk_records, progress=False)):
-        slot = i % 2
-        recs = _readonly(chunk.records)
-        buf = bufs[slot]
-        if buf is None or buf.capacity < len(recs):
-            buf = bufs[slot] = FrameBuffer(max(chunk_records, len(recs), 1), levels,
-                                           px=np.float64, column_major=True, fields=True)
-        buf, n_out, _, _ = eng.run(recs, buf, 0, no_trades, chunk.first_index)
-        bufs[slot] = buf
-        yield chunk, buf.frames(n_out), slot
-
-
 def cmd_mbp(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
@@ -270,17 +240,15 @@ def cmd_mbp(args: argparse.Namespace) -> int:
         else:  # row groups encoded in threads, appended in order to one file
             bg = ParallelParquetWriter(tmp, schema, threads=_writer_threads(),
                                        **pq_options(schema.names, args.compression))
-        # the kernel writes column-major float prices and the records' fields into buffers
-        # reused for every chunk: nothing grows with the file. Every F_LAST with the numba
-        # engine: two buffers, so the kernel fills one while the other is encoded.
-        if s.engine == "numba" and not sampled:
-            frames = _frames_two_buffers(path, levels, s.chunk_records)
-        else:
-            frames = ((c, f, None) for c, f in iter_frames(
-                path, levels, s.engine, s.chunk_records, progress=False, every=every,
-                changes_only=args.changes_only, reuse=True, price_type="float"))
+        # the kernel writes column-major float prices and the records' fields into two
+        # buffers reused for every chunk (nothing grows with the file): it fills one while
+        # the writer threads encode the other
+        frames = iter_frames(path, levels, s.engine, s.chunk_records, progress=False,
+                             every=every, changes_only=args.changes_only, reuse=True,
+                             price_type="float", buffers=2)
         written_by_slot: dict[int, int] = {}
-        for chunk, fr, slot in frames:
+        for i, (chunk, fr) in enumerate(frames):
+            slot = i % 2
             syms = chunk.symbols
             for lo in range(0, len(fr), ROW_GROUP_ROWS):  # row groups of <= 128Ki states
                 r = slice(lo, min(len(fr), lo + ROW_GROUP_ROWS))
@@ -294,12 +262,9 @@ def cmd_mbp(args: argparse.Namespace) -> int:
                 bg.write(tbl)  # encoded in a second thread while the next slice is built
                 rows += tbl.num_rows
             del fr
-            if slot is None:
-                bg.drain()  # the buffers are reused for the next chunk: its tables are written
-            else:
-                written_by_slot[slot] = bg.queued
-                # the next chunk goes into the other buffer: its tables must be written
-                bg.wait_written(written_by_slot.get(1 - slot, 0))
+            written_by_slot[slot] = bg.queued
+            # the next chunk goes into the other buffer: its tables must be written
+            bg.wait_written(written_by_slot.get(1 - slot, 0))
         bg.close()
         writer = None
         os.replace(tmp, out)

@@ -259,6 +259,32 @@ def test_iter_frames_streams_samples_and_reuses(small_synth, tmp_path):
         assert df["record_index"].tolist() == got.index.tolist()
 
 
+def test_iter_frames_rotating_buffers_keep_the_previous_chunk(small_synth, tmp_path):
+    """buffers=2: a chunk's frames stay intact while the next chunk is written (into the
+    other buffer), two buffers in all, states equal to the reference; sampled too."""
+    path = tmp_path / "s.dbn"
+    write_dbn(path, small_synth)
+    want = reference_frames(small_synth, 3)
+    kept, addrs = [], set()
+    prev = None
+    for _, fr in iter_frames(path, 3, chunk_records=2_000, buffers=2):
+        if prev is not None:  # the previous chunk's view still holds its states
+            assert np.array_equal(prev[0].index, prev[1]) and \
+                np.array_equal(prev[0].bid_px, prev[2])
+        prev = (fr, fr.index.copy(), fr.bid_px.copy())
+        kept.append(fr.copy())
+        if len(fr):
+            addrs.add(fr.index.__array_interface__["data"][0])
+    assert BookFrames.concat(kept, 3).equals(want)
+    assert len(addrs) == 2
+    parts = [fr.copy() for _, fr in iter_frames(path, 3, chunk_records=2_000, buffers=2,
+                                                every=10**9, changes_only=True)]
+    assert_same_states(BookFrames.concat(parts, 3), want,
+                       oracle_rows(want, small_synth, 10**9, True))
+    with pytest.raises(EngineError):
+        next(iter_frames(path, 3, buffers=0))
+
+
 # --------------------------------------------------------------------------- first call
 
 _FIRST_CALL = r"""

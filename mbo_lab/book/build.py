@@ -369,7 +369,7 @@ def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
 def iter_frames(path: str | os.PathLike, levels: int = 10, engine: str | None = None,
                 chunk_records: int | None = None, progress: bool | None = None, *,
                 every: str | int | None = None, changes_only: bool = False,
-                reuse: bool = True, price_type: str = "fixed"
+                reuse: bool = True, price_type: str = "fixed", buffers: int = 1
                 ) -> Iterator[tuple[object, BookFrames]]:
     """Stream a DBN file through an engine: yields ``(chunk, frames)`` per chunk.
 
@@ -382,7 +382,10 @@ def iter_frames(path: str | os.PathLike, levels: int = 10, engine: str | None = 
     ``reuse=True`` (default): the Numba engine writes every chunk's states into the same
     buffers, so a yielded ``frames`` (and a ``to_df`` made from it without copying) is
     valid only until the next chunk is requested; keep one with ``frames.copy()`` or pass
-    ``reuse=False``.
+    ``reuse=False``. ``buffers=k`` rotates ``k`` such buffers (chunk ``i`` goes to buffer
+    ``i % k``): a yielded ``frames`` then stays valid until ``k`` more chunks are requested,
+    so a consumer can encode one chunk's states in another thread while the kernel writes
+    the next (``mbo-lab mbp`` does, with 2).
 
     ``every``/``changes_only`` sample in the kernel (see :func:`mbp`). A state is emitted
     when its time bin ends, possibly in a later chunk; the states still pending after the
@@ -401,22 +404,33 @@ def iter_frames(path: str | os.PathLike, levels: int = 10, engine: str | None = 
             yield chunk, eng.apply(chunk.records, base_index=chunk.first_index)
         return
     eng = NumbaEngine(levels, every=every, changes_only=changes_only)
+    if int(buffers) < 1:
+        raise EngineError(f"buffers must be >= 1, got {buffers!r}")
     px = np.float64 if price_type == "float" else np.int64
-    buf: FrameBuffer | None = None
+    bufs: list[FrameBuffer | None] = [None] * int(buffers)
     chunk = None
+    slot = -1
     for chunk in iter_chunks(path, s.chunk_records, progress=progress):
+        slot = (slot + 1) % len(bufs)
         recs = _readonly(chunk.records)
         n_last, n_trades, _ = K.scan_counts(recs)
         need = n_last if not sampled else n_last + len(eng._smp[2]) + 16
+        buf = bufs[slot]
         if buf is None or not reuse or buf.capacity < need:
-            buf = FrameBuffer(max(need, 1), levels, px=px, column_major=True, fields=True)
+            # reused: room for a whole chunk's states at once (only rows written become
+            # resident memory), so a buffer is not regrown chunk after chunk
+            cap = max(need, s.chunk_records) if reuse else max(need, 1)
+            buf = FrameBuffer(cap, levels, px=px, column_major=True, fields=True)
         trade_idx = np.empty(n_trades, np.int64)
         buf, n_out, n_tr, _ = eng.run(recs, buf, 0, trade_idx, chunk.first_index)
+        bufs[slot] = buf
         fr = buf.frames(n_out)
         fr.trades = trade_idx[:n_tr]
         fr.counters = eng.counters
         yield chunk, fr
     if sampled and chunk is not None and eng.pending:
+        slot = (slot + 1) % len(bufs)
+        buf = bufs[slot]
         if buf is None or not reuse:
             buf = FrameBuffer(eng.pending + 1, levels, px=px, column_major=True, fields=True)
         buf, n_out = eng.flush(buf, 0)
