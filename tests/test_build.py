@@ -9,12 +9,15 @@ from the previous kept state of the same book.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import build_records, rec
 
 import mbo_lab
+from mbo_lab.book import frames as FR
 from mbo_lab.book.build import every_ns, iter_frames, replay_frames
 from mbo_lab.book.engine import NumbaEngine, ReferenceEngine
 from mbo_lab.book.frames import BookFrames
@@ -440,17 +443,22 @@ def test_threads_option_and_planner(small_synth, monkeypatch):
     monkeypatch.setenv("MBO_LAB_THREADS", "1")
     assert B._plan_threads(kr, None) == (1, 1)
     monkeypatch.delenv("MBO_LAB_THREADS")
-    # auto: idle CPUs by the load average
+    # auto: the CPUs idle right now, less those reserved (the prefault thread)
+    assert 0 <= B._busy_cpus() < 1000
     monkeypatch.setattr(B, "_usable_cpus", lambda: 2)
-    monkeypatch.setattr(B.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    monkeypatch.setattr(B, "_busy_cpus", lambda: 0.0)
     assert B._auto_threads() == 2
-    monkeypatch.setattr(B.os, "getloadavg", lambda: (1.7, 1.0, 1.0))
+    assert B._auto_threads(reserve=1) == 1
+    monkeypatch.setattr(B, "_busy_cpus", lambda: 1.0)
     assert B._auto_threads() == 1  # the other core is busy
     monkeypatch.setattr(B, "_usable_cpus", lambda: 1)
-    monkeypatch.setattr(B.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(B, "_busy_cpus", lambda: 0.0)
     assert B._auto_threads() == 1
     monkeypatch.setattr(B, "_usable_cpus", lambda: 16)
     assert B._auto_threads() == 4
+    assert B._auto_threads(reserve=1) == 4
+    monkeypatch.setattr(B, "_busy_cpus", lambda: 13.0)
+    assert B._auto_threads(reserve=1) == 2
     n, mul = B._plan_threads(kr, 2)
     if n == 2:
         sizes = B._part_sizes(kr, 1, 2, mul)
@@ -462,6 +470,41 @@ def test_threads_option_and_planner(small_synth, monkeypatch):
     assert_df_equals_reference(df, mbo_lab.bbo(small_synth, engine="reference"))
     assert_df_equals_reference(mbo_lab.mbp(small_synth, 3, threads=2),
                                mbo_lab.mbp(small_synth, 3, engine="reference"))
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not FR.populate_supported(),
+                    reason="MADV_POPULATE_WRITE is Linux >= 5.14")
+def test_prefault_maps_pages_and_keeps_contents():
+    """The prefault thread makes the buffer resident without touching what is written."""
+    buf = FR.FrameBuffer(1 << 20, 2, column_major=True, fields=True)  # ~60 MiB
+    buf.index[:1000] = np.arange(1000)
+    buf.store["bid_px"][1, :1000] = 7
+    r0 = _rss()
+    th = buf.start_prefault()
+    assert th is not None and buf.start_prefault() is None  # once per buffer
+    th.join()
+    assert _rss() - r0 > 0.8 * buf.nbytes
+    assert buf.index[:1000].tolist() == list(range(1000))
+    assert (buf.store["bid_px"][1, :1000] == 7).all()
+    assert FR.FrameBuffer(1000, 1, prefault=True)._prefault is None  # small: no thread
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prefault_racing_the_kernel_equals_reference(small_synth, monkeypatch, threads):
+    """With the prefault thread running while the kernel writes (threshold lowered so the
+    small stream gets one), frames equal the reference book."""
+    monkeypatch.setattr(FR, "PREFAULT_MIN_BYTES", 0)
+    monkeypatch.setattr(FR, "_PREFAULT_ROWS", 64)  # many blocks: the race is real
+    for levels in (1, 4):
+        fr, _ = replay_frames(small_synth, levels, chunk_records=997, threads=threads)
+        assert fr.equals(reference_frames(small_synth, levels))
+    assert_df_equals_reference(mbo_lab.bbo(small_synth, threads=threads),
+                               mbo_lab.bbo(small_synth, engine="reference"))
 
 
 def test_engine_apply_sampled_grows_and_flushes(small_synth):

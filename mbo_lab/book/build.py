@@ -27,6 +27,7 @@ from ..errors import EngineError
 from ..io.dbn import MboData, iter_chunks, load
 from . import kernel as K
 from .engine import NumbaEngine, _readonly, make_engine
+from . import frames as _frames
 from .frames import BookFrames, FrameBuffer
 
 __all__ = ["Source", "as_data", "replay_frames", "iter_frames", "mbp", "bbo", "every_ns"]
@@ -150,11 +151,33 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _auto_threads() -> int:
-    """Threads for a pass when the caller did not say: ``MBO_LAB_THREADS`` if set, else up
-    to 4 when this process may use 2+ CPUs that are idle (1-minute load average at most
-    ``cpus - 1``: on a busy machine the threads wait for each other and a parallel pass
-    measured ~35 % slower than one thread), else 1."""
+def _busy_cpus() -> float:
+    """CPUs busy with other work right now: the runnable tasks of ``/proc/loadavg`` minus
+    this one (fewest of three looks 5 ms apart), or the 1-minute load average where there
+    is no such file. An instant view: the load average still counts this process's own
+    previous call for a minute."""
+    import time
+
+    try:
+        seen = []
+        for k in range(3):
+            if k:
+                time.sleep(0.005)
+            with open("/proc/loadavg") as fh:
+                seen.append(int(fh.read().split()[3].split("/")[0]) - 1)
+        return float(max(0, min(seen)))
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except OSError:  # pragma: no cover - no load figures on this system
+            return float(_usable_cpus())
+
+
+def _auto_threads(reserve: int = 0) -> int:
+    """Threads for a pass when the caller did not say: ``MBO_LAB_THREADS`` if set, else
+    the idle CPUs (:func:`_busy_cpus`) less ``reserve`` (a CPU kept for the prefault
+    thread of a fresh output), up to 4; on a busy machine threads only wait for each other
+    (a parallel pass measured ~35 % slower than one thread there)."""
     env = os.environ.get("MBO_LAB_THREADS")
     if env:
         try:
@@ -164,19 +187,18 @@ def _auto_threads() -> int:
     cpus = _usable_cpus()
     if cpus < 2:
         return 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # pragma: no cover - no load average on this system
-        return 1
-    return max(1, min(4, cpus, int(cpus - load + 0.5)))
+    idle = int(cpus - _busy_cpus() + 0.5)
+    return max(1, min(4, idle - reserve))
 
 
-def _plan_threads(recs: np.ndarray, threads: int | None) -> tuple[int, int]:
-    """``(threads, multiplier)`` for a book-parallel pass (1 when not worth it)."""
+def _plan_threads(recs: np.ndarray, threads: int | None, reserve: int = 0
+                  ) -> tuple[int, int]:
+    """``(threads, multiplier)`` for a book-parallel pass (1 when not worth it); ``reserve``
+    CPUs are kept free when the number is chosen automatically."""
     if threads is None:
         if len(recs) < PARALLEL_MIN_RECORDS:
             return 1, 1
-        threads = _auto_threads()
+        threads = _auto_threads(reserve)
     threads = int(threads)
     if threads < 1:
         raise EngineError(f"threads must be >= 1, got {threads}")
@@ -335,12 +357,19 @@ def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
         recs = _readonly(data.records)
         n_last, n_trades, size_sum = K.scan_counts(recs)
         sampled = every is not None or changes_only
-        nthreads, pmul = (1, 1) if sampled else _plan_threads(recs, threads)
         narrow = compact and size_sum <= _U32_MAX
         cap = n_last if not sampled else _sampled_rows(recs, n_last, every)
         buf = FrameBuffer(cap, levels, px=np.float64 if price_type == "float" else np.int64,
                           sz=np.uint32 if narrow else np.int64,
                           ct=np.uint32 if narrow else np.int32, column_major=True, fields=True)
+        # every row of an unsampled pass is written: a thread maps the fresh pages ahead of
+        # the kernel (first touches are the largest cost of a big output), and an automatic
+        # thread count leaves it a CPU
+        prefault = (not sampled and buf.nbytes >= _frames.PREFAULT_MIN_BYTES
+                    and _frames.populate_supported())
+        nthreads, pmul = (1, 1) if sampled else _plan_threads(recs, threads, int(prefault))
+        if prefault:
+            buf.start_prefault()
         trade_idx = np.empty(n_trades, np.int64)
         if nthreads > 1:
             counters = _run_threads(recs, buf, trade_idx, levels, nthreads, pmul,

@@ -155,7 +155,8 @@ class NumbaEngine:
         recs = _readonly(_check_records(records))
         n_last, n_trades, _ = K.scan_counts(recs)
         cap = n_last if not self.sampled else min(n_last, 1 << 12) + 16
-        buf = FrameBuffer(cap, self.levels)  # the kernel writes every cell it reports
+        # the kernel writes every cell it reports; unsampled, every row: map pages ahead
+        buf = FrameBuffer(cap, self.levels, prefault=not self.sampled)
         trade_idx = np.zeros(n_trades if self.trades else 0, np.int64)
         buf, n_out, n_tr, log = self.run(recs, buf, 0, trade_idx, base_index, log_key)
         out = buf.frames(n_out)

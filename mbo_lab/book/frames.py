@@ -295,7 +295,7 @@ class FrameBuffer:
         Returns the thread (None when nothing was started); :meth:`stop_prefault` ends it.
         Only for writers that fill these rows: pages mapped here count as resident memory.
         """
-        if self._prefault is not None or not _populate_supported():
+        if self._prefault is not None or not populate_supported():
             return None
         n = self.capacity if rows is None else max(0, min(int(rows), self.capacity))
         row_bytes = sum(a.nbytes for a in self._arrays()) // max(1, self.capacity)
@@ -391,7 +391,8 @@ def _madvise():
     return _populate_state["fn"]
 
 
-def _populate_supported() -> bool:
+def populate_supported() -> bool:
+    """Whether :meth:`FrameBuffer.start_prefault` can map pages here (Linux >= 5.14)."""
     return _madvise() is not None and not _populate_state.get("unsupported")
 
 
