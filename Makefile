@@ -40,7 +40,7 @@ export UV_LINK_MODE := copy
 # that way and 0.46 s compiled; import + first bbo(load(CLX5)) 2.4 s -> 0.7-0.8 s.
 export UV_COMPILE_BYTECODE := 1
 SETUP_REV := bytecode-1
-COMPILE_VENV = $(VPY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true
+COMPILE_VENV = $(VPY) -m compileall -q -j 0 --invalidation-mode timestamp $(VENV)/lib >/dev/null 2>&1 || true
 # Playwright drives Debian's /usr/bin/chromium: never download a browser.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 

@@ -194,8 +194,10 @@ _COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
 
 
 def _writer_threads() -> int:
-    """Threads that encode Parquet row groups: the cores of this machine, 2..4."""
-    return max(2, min(4, os.cpu_count() or 2))
+    """Threads that encode Parquet row groups: the CPUs this process may use, 2..4."""
+    from .book.build import _usable_cpus
+
+    return max(2, min(4, _usable_cpus()))
 
 
 def cmd_mbp(args: argparse.Namespace) -> int:
@@ -359,14 +361,17 @@ class _BackgroundWriter:
 
 
 def _discard(bg: _BackgroundWriter | None, writer, tmp: Path) -> None:
-    if bg is not None:
-        bg.abort()
-    if writer is not None:
-        try:
+    """Best effort on the error path: stop the writers, and always remove the partial
+    output (the error being handled may be a full disk, which closing hits again)."""
+    try:
+        if bg is not None:
+            bg.abort()
+        if writer is not None:
             writer.close()
-        except Exception:  # noqa: BLE001 - best effort on the error path
-            pass
-    tmp.unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001 - the original error is the one raised
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

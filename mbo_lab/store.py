@@ -660,11 +660,14 @@ class _Staging:
         self.committed = False
         self.replaced = False
 
-    def write(self, table: str, build, ts_recv: np.ndarray, iid: np.ndarray) -> None:
+    def write(self, table: str, build, ts_recv: np.ndarray, iid: np.ndarray,
+              time_ordered: bool = True) -> None:
         """Write ``len(ts_recv)`` rows into the file of their UTC day, clustered by
         instrument. ``build(rows)`` returns the Arrow columns (dict or Table) of the given
         row positions; it is called per row group (at most ``ROW_GROUP_ROWS`` rows), so
-        the temporary columns stay small whatever the chunk size."""
+        the temporary columns stay small whatever the chunk size. ``time_ordered``: no
+        later call brings rows of an earlier day (their files can close); False for rows
+        held back across chunks (the grid sampler)."""
         pa = _pa()
         import pyarrow.parquet as pq
 
@@ -712,8 +715,9 @@ class _Staging:
                     self.writers.pop(wkey).close()
             # an earlier day of this table gets no more rows in a time-ordered source:
             # close its file (the metadata of its row groups leaves memory)
-            for old in [k for k in self.writers if k[0] == table and k[1] < d]:
-                self.writers.pop(old).close()
+            if time_ordered:
+                for old in [k for k in self.writers if k[0] == table and k[1] < d]:
+                    self.writers.pop(old).close()
         self.rows[table] = self.rows.get(table, 0) + n
 
     def _close_writers(self) -> None:
@@ -1059,14 +1063,14 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
                 elif "mbp" in what:
                     tbl, ts = sampler.step(fr, recs[local], levels, symbols)
                     if tbl is not None:
-                        _write_table(stage, "mbp", tbl, ts)
+                        _write_table(stage, "mbp", tbl, ts, time_ordered=False)
                 del fr, local
             if bar is not None:
                 bar.update(len(recs))
         if sampler is not None:
             tbl, ts = sampler.flush()
             if tbl is not None:
-                _write_table(stage, "mbp", tbl, ts)
+                _write_table(stage, "mbp", tbl, ts, time_ordered=False)
         summary["records"] = n_records
         partitions = stage.commit(what, summary)
     except OSError as exc:
@@ -1098,10 +1102,11 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
     }
 
 
-def _write_table(stage: _Staging, table: str, tbl, ts: np.ndarray) -> None:
+def _write_table(stage: _Staging, table: str, tbl, ts: np.ndarray,
+                 time_ordered: bool = True) -> None:
     pa = _pa()
     iid = tbl.column("instrument_id").to_numpy()
-    stage.write(table, lambda r: tbl.take(pa.array(r)), ts, iid)
+    stage.write(table, lambda r: tbl.take(pa.array(r)), ts, iid, time_ordered)
 
 
 # --------------------------------------------------------------------------- reading
@@ -1608,7 +1613,8 @@ class ParallelParquetWriter:
             self.fh.write(len(out).to_bytes(4, "little"))
             self.fh.write(b"PAR1")
         finally:
-            self._pool.shutdown(wait=True)
+            # after an error the queued row groups are dropped, not encoded for nothing
+            self._pool.shutdown(wait=True, cancel_futures=self.error is not None)
             self.fh.close()
 
     def abort(self) -> None:
@@ -1618,4 +1624,7 @@ class ParallelParquetWriter:
             self.error = self.error or OutputError("the Parquet output was aborted")
             self._cond.notify_all()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self.fh.close()
+        try:
+            self.fh.close()  # flushes buffered bytes: may fail again (disk full)
+        except OSError:
+            pass

@@ -406,6 +406,24 @@ def test_select_part_gathers_one_part_with_global_rows(small_synth):
             assert g[:m].tobytes() == kr[want].tobytes()
 
 
+def test_threads_plan_strided_records_and_few_books(small_synth):
+    """Strided records (a view) stay on one thread and still equal the reference; no more
+    threads than books with records."""
+    from mbo_lab.book import build as B
+
+    strided = B._readonly(small_synth)[::2]
+    assert B._plan_threads(strided, 2) == (1, 1)
+    assert_df_equals_reference(mbo_lab.bbo(mbo_lab.MboData(small_synth[::2]), threads=2),
+                               mbo_lab.bbo(mbo_lab.MboData(small_synth[::2]),
+                                           engine="reference"))
+    kr = B._readonly(small_synth)
+    books = len(np.unique((kr["instrument_id"].astype(np.int64) << 16) | kr["publisher_id"]))
+    n, mul = B._plan_threads(kr, 64)
+    assert 1 <= n <= books
+    if n > 1:
+        assert np.count_nonzero(B._part_sizes(kr, max(1, len(kr) // 100_000), n, mul)) == n
+
+
 def test_threads_error_in_a_worker_is_raised_not_hung(small_synth, monkeypatch):
     """A failure in any thread reaches the caller; threads waiting on it do not hang."""
     from mbo_lab.book import build as B

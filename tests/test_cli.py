@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -218,6 +220,22 @@ def test_full_disk_is_a_package_error(tmp_path, capsys, monkeypatch):
     pd.testing.assert_frame_equal(store.read(tmp_path / "st", "bbo"), before)
     assert sorted((tmp_path / "st").rglob("*.parquet")) == files_before
     assert not any((tmp_path / "st" / ".staging").iterdir())
+
+
+def test_full_disk_on_the_real_file_leaves_no_part(tmp_path, capsys):
+    """The output really on a full device (/dev/full): closing it fails again while the
+    first error is handled; exit 2 with the disk-full message, and no OUT.part left."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux)")
+    f = mbo_lab.write_synth(tmp_path / "s.dbn", 20_000, progress=False)
+    out = tmp_path / "o.parquet"
+    part = tmp_path / "o.parquet.part"
+    part.symlink_to("/dev/full")
+    assert main(["mbp", str(f), "--levels", "4", "-o", str(out), "--chunk-records",
+                 "2500", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "disk is full" in err and "Traceback" not in err
+    assert not out.exists() and not part.is_symlink() and not part.exists()
 
 
 # --------------------------------------------------------------------------- inputs

@@ -25,9 +25,9 @@ import pandas as pd
 from ..config import get_settings
 from ..errors import EngineError
 from ..io.dbn import MboData, iter_chunks, load
+from . import frames as _frames
 from . import kernel as K
 from .engine import NumbaEngine, _readonly, make_engine
-from . import frames as _frames
 from .frames import BookFrames, FrameBuffer
 
 __all__ = ["Source", "as_data", "replay_frames", "iter_frames", "mbp", "bbo", "every_ns"]
@@ -145,10 +145,20 @@ def _sampled_rows(recs: np.ndarray, n_last: int, every: int | None) -> int:
 
 
 def _usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota
+    (``cpu.max``, as containers set it)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 def _busy_cpus() -> float:
@@ -202,13 +212,16 @@ def _plan_threads(recs: np.ndarray, threads: int | None, reserve: int = 0
     threads = int(threads)
     if threads < 1:
         raise EngineError(f"threads must be >= 1, got {threads}")
-    if threads == 1 or len(recs) == 0:
-        return 1, 1
+    if threads == 1 or len(recs) == 0 or not recs.flags.c_contiguous:
+        return 1, 1  # (threads gather records as 56-byte rows: contiguous ones only)
     step = max(1, len(recs) // 100_000)
     best = min(_PART_MULS, key=lambda m: _part_sizes(recs, step, threads, m).max())
     sizes = _part_sizes(recs, step, threads, best)
     if sizes.max() > 0.75 * sizes.sum():
         return 1, 1
+    used = int(np.count_nonzero(sizes))
+    if used < threads:  # fewer books than threads: no thread without a book
+        return _plan_threads(recs, used)
     return threads, best
 
 
@@ -259,13 +272,12 @@ def _run_threads(recs: np.ndarray, buf: FrameBuffer, trade_idx: np.ndarray, leve
         eng, n_out, n_tr = engines[t], 0, 0
         try:
             for c, lo in enumerate(chunks):
+                if errors:  # another thread failed (or Ctrl-C): stop
+                    return
                 if t > 0:
                     with cond:
                         cond.wait_for(lambda c=c: done[t - 1] > c)
-                    if errors:  # another thread failed: stop, and release the next one
-                        with cond:
-                            done[t] = len(chunks) + 1
-                            cond.notify_all()
+                    if errors:
                         return
                 part_recs = recs[lo: lo + chunk]
                 m, n_out2, n_tr2 = K.select_part(part_recs, words[lo: lo + chunk], nthreads,
@@ -277,21 +289,32 @@ def _run_threads(recs: np.ndarray, buf: FrameBuffer, trade_idx: np.ndarray, leve
                 with cond:
                     done[t] = c + 1
                     cond.notify_all()
-                if t == 0 and bar is not None:
+                if t == nthreads - 1 and bar is not None:  # the last thread finishes last
                     bar.update(len(part_recs))
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
-            with cond:
-                done[t] = len(chunks) + 1
+        finally:
+            with cond:  # however this thread ends, the next one must not wait for it
+                if done[t] < len(chunks):
+                    done[t] = len(chunks) + 1
                 cond.notify_all()
 
     workers = [threading.Thread(target=work, args=(t,), name=f"mbo_lab-book-{t}")
                for t in range(1, nthreads)]
     for w in workers:
         w.start()
-    work(0)
-    for w in workers:
-        w.join()
+    try:
+        work(0)
+        for w in workers:
+            w.join()
+    except BaseException as exc:  # Ctrl-C here: the workers stop at their next chunk
+        errors.append(exc)
+        with cond:
+            done[0] = len(chunks) + 1
+            cond.notify_all()
+        for w in workers:
+            w.join()
+        raise
     if errors:
         raise errors[0]
     total = sum(e.state.counters for e in engines)
@@ -318,9 +341,10 @@ def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
     engine can apply them in parallel threads (the kernel releases the GIL), each thread
     owning a subset of the books and writing its rows of the shared outputs. None
     (default), for streams of >= 2M records: ``MBO_LAB_THREADS`` if set, else as many
-    threads (up to 4) as there are idle CPUs by the 1-minute load average (on a busy
-    machine the threads wait for each other: a parallel pass measured ~35 % slower than
-    one thread there). A number of threads is used only when the books split evenly enough
+    threads (up to 4) as there are CPUs idle right now (runnable tasks in
+    ``/proc/loadavg``), less one for the thread that maps the fresh output pages ahead of
+    the kernel (on a busy machine the threads wait for each other: a parallel pass measured
+    ~35 % slower than one thread there). A number of threads is used only when the books split evenly enough
     (no part above 75 % of the records); 1 is one thread.
     """
     s = get_settings(engine=engine, chunk_records=chunk_records)
@@ -424,6 +448,8 @@ def iter_frames(path: str | os.PathLike, levels: int = 10, engine: str | None = 
     s = get_settings(engine=engine, chunk_records=chunk_records)
     every = every_ns(every)
     sampled = every is not None or changes_only
+    if int(buffers) < 1:
+        raise EngineError(f"buffers must be >= 1, got {buffers!r}")
     if s.engine != "numba":
         if sampled:
             raise EngineError("iter_frames samples (every=, changes_only=) with the numba "
@@ -433,8 +459,6 @@ def iter_frames(path: str | os.PathLike, levels: int = 10, engine: str | None = 
             yield chunk, eng.apply(chunk.records, base_index=chunk.first_index)
         return
     eng = NumbaEngine(levels, every=every, changes_only=changes_only)
-    if int(buffers) < 1:
-        raise EngineError(f"buffers must be >= 1, got {buffers!r}")
     px = np.float64 if price_type == "float" else np.int64
     bufs: list[FrameBuffer | None] = [None] * int(buffers)
     chunk = None
