@@ -101,7 +101,10 @@ elif case.startswith("floor"):
     res["frame_bytes"] = nbytes
 elif case == "bbo":
     from mbo_lab.book import build as B
-    res["threads"] = B._plan_threads(B._readonly(data.records), None)[0]  # auto: idle CPUs
+    # what bbo() decides: idle CPUs now, one left to the prefault thread of a big output
+    res["threads"] = B._plan_threads(B._readonly(data.records), None,
+                                     int(B._frames.populate_supported()
+                                         and 41 * len(data) > B._frames.PREFAULT_MIN_BYTES))[0]
     df = timed(lambda: mbo_lab.bbo(data))
     res["frame_bytes"] = int(df.memory_usage(index=True).sum())
     res["rows"] = len(df)
@@ -260,7 +263,7 @@ def main() -> None:
                 if case.startswith("floor") and not nbytes:
                     got[case] = {"case": case, "skipped": "no frame size measured"}
                     continue
-                if case == "mbp10":
+                if case in ("mbp10", "kernel10"):
                     est = 0.79 * n * 370  # F_LAST share of the synthetic stream x row bytes
                     if est > args.max_frame_gib * GIB:
                         got[case] = {"case": case, "skipped":
