@@ -1491,10 +1491,13 @@ class ParallelParquetWriter:
 
     Tables may be views of buffers the caller reuses: :meth:`wait_written` (``n``) returns
     when the first ``n`` tables are encoded (their memory may then change); :attr:`queued`
-    counts the tables given. An error of a worker is raised by the next call.
+    counts the tables given. At most ``max_pending`` tables wait or are being encoded:
+    :meth:`write` blocks beyond that, so the tables held stay bounded whatever the caller
+    does. An error of a worker is raised by the next call.
     """
 
-    def __init__(self, path: str | os.PathLike, schema, threads: int = 2, **options: Any):
+    def __init__(self, path: str | os.PathLike, schema, threads: int = 2,
+                 max_pending: int = 16, **options: Any):
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
@@ -1525,8 +1528,16 @@ class ParallelParquetWriter:
         except NotImplementedError:  # pragma: no cover - a pyarrow built without it
             self.pool = pa.default_memory_pool()
         self._pool = ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="mbo-lab-pq")
+        self._slots = threading.BoundedSemaphore(max(1, int(max_pending)))
 
     def _encode(self, seq: int, tbl) -> None:
+        try:
+            self._encode_one(seq, tbl)
+        finally:
+            del tbl
+            self._slots.release()
+
+    def _encode_one(self, seq: int, tbl) -> None:
         pa = _pa()
         import pyarrow.parquet as pq
 
@@ -1584,6 +1595,9 @@ class ParallelParquetWriter:
         """Encode ``tbl`` as one row group (in a worker thread)."""
         if self.error is not None:
             raise self.error
+        while not self._slots.acquire(timeout=0.5):  # a failed worker frees no slot soon
+            if self.error is not None:
+                raise self.error
         seq = self.queued
         self.queued += 1
         self._pool.submit(self._encode, seq, tbl)

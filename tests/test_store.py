@@ -611,3 +611,36 @@ def test_parallel_writer_empty_and_errors(recs, tmp_path, monkeypatch):
         store.parquet_options(schema.names, "brotli")
     with pytest.raises(store.StoreError, match="page index"):
         store.ParallelParquetWriter(tmp_path / "y.parquet", schema, write_page_index=True)
+
+
+def test_parallel_writer_holds_at_most_max_pending_tables(tmp_path, monkeypatch):
+    """write() blocks while max_pending tables are queued or being encoded (bounded memory
+    whatever the caller queues), then goes on; the file is still complete and in order."""
+    import threading
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [pa.table({"x": np.arange(k * 100, k * 100 + 100)}) for k in range(5)]
+    gate = threading.Event()
+    real = store.ParallelParquetWriter._encode_one
+
+    def slow(self, seq, tbl):
+        gate.wait(30)
+        return real(self, seq, tbl)
+
+    monkeypatch.setattr(store.ParallelParquetWriter, "_encode_one", slow)
+    w = store.ParallelParquetWriter(tmp_path / "b.parquet", tables[0].schema, threads=1,
+                                    max_pending=2)
+    w.write(tables[0])
+    w.write(tables[1])
+    third = threading.Thread(target=lambda: [w.write(t) for t in tables[2:]])
+    third.start()
+    third.join(0.5)
+    assert third.is_alive() and w.queued == 2  # blocked: two tables held
+    gate.set()
+    third.join(30)
+    assert not third.is_alive() and w.queued == 5
+    w.close()
+    assert pq.read_table(tmp_path / "b.parquet").column("x").to_pylist() == \
+        list(range(500))
