@@ -996,9 +996,10 @@ def export(source: Source, out_dir: str | os.PathLike, levels: int = 10,
     meta = {"format": _FORMAT_VERSION, "levels": levels if "mbp" in what else None,
             "grid": grid if not changes_only else "changes_only",
             "price_scale": 1_000_000_000}
-    m0 = _read_manifest(out)
-    if m0 is None:
-        _legacy_check(out)
+    with _locked(out):  # not while another export's commit has moved files in but not
+        m0 = _read_manifest(out)  # yet written the manifest (parallel batch workers)
+        if m0 is None:
+            _legacy_check(out)
     conflict = _layout_conflict(m0, stream.key, meta)
     if conflict:
         raise StoreError(f"{out} {conflict}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -644,3 +645,45 @@ def test_parallel_writer_holds_at_most_max_pending_tables(tmp_path, monkeypatch)
     w.close()
     assert pq.read_table(tmp_path / "b.parquet").column("x").to_pylist() == \
         list(range(500))
+
+
+def test_export_waits_for_a_commit_in_progress(tmp_path, monkeypatch):
+    """Two exports into one folder at once (as batch workers do): the second one's start
+    check waits while the first one's commit has moved its files in but not yet written
+    the manifest, instead of taking them for a foreign folder; both sources end listed."""
+    import threading
+
+    a = mbo_lab.write_synth(tmp_path / "a.dbn", 5_000, seed=1, progress=False)
+    b = mbo_lab.write_synth(tmp_path / "b.dbn", 5_000, seed=2, progress=False)
+    out = tmp_path / "st"
+    moved, go = threading.Event(), threading.Event()
+    real = store._crash_point
+
+    def pause(step):
+        if step == "before-manifest" and threading.current_thread().name == "first":
+            moved.set()
+            go.wait(30)
+        real(step)
+
+    monkeypatch.setattr(store, "_crash_point", pause)
+    errors = []
+
+    def run(src):
+        try:
+            store.export(src, out, levels=2, what=("bbo",), progress=False)
+        except Exception as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+
+    first = threading.Thread(target=run, args=(a,), name="first")
+    first.start()
+    assert moved.wait(60)  # files moved in, no manifest yet
+    second = threading.Thread(target=run, args=(b,), name="second")
+    second.start()
+    second.join(1.0)
+    assert second.is_alive()  # waiting on the store's lock, not failed
+    go.set()
+    first.join(60)
+    second.join(60)
+    assert errors == []
+    m = json.loads((out / store.MANIFEST).read_text())
+    assert len(m["sources"]) == 2
