@@ -512,6 +512,29 @@ def test_prefault_maps_pages_and_keeps_contents():
     assert FR.FrameBuffer(1000, 1, prefault=True)._prefault is None  # small: no thread
 
 
+def test_populate_probe_is_remembered(monkeypatch):
+    """populate_supported() tries madvise once on a scratch page: a refusal (old kernel,
+    seccomp) turns the prefault off for good, before any buffer asks for it."""
+    monkeypatch.setattr(FR, "_populate_state", {})
+    if not sys.platform.startswith("linux"):
+        assert not FR.populate_supported()
+        return
+    calls = []
+
+    def refuse(addr, length, advice):
+        calls.append((addr % 4096, length, advice))
+        return -1
+
+    monkeypatch.setitem(FR._populate_state, "fn", refuse)
+    assert not FR.populate_supported() and not FR.populate_supported()
+    assert calls == [(0, 4096, 23)]  # one aligned page, MADV_POPULATE_WRITE, once
+    buf = FR.FrameBuffer(1 << 20, 2, column_major=True)
+    assert buf.start_prefault() is None  # no thread
+    monkeypatch.setattr(FR, "_populate_state", {})  # the real probe: once, remembered
+    first = FR.populate_supported()
+    assert FR._populate_state.get("probed") and FR.populate_supported() == first
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_prefault_racing_the_kernel_equals_reference(small_synth, monkeypatch, threads):
     """With the prefault thread running while the kernel writes (threshold lowered so the

@@ -392,8 +392,24 @@ def _madvise():
 
 
 def populate_supported() -> bool:
-    """Whether :meth:`FrameBuffer.start_prefault` can map pages here (Linux >= 5.14)."""
-    return _madvise() is not None and not _populate_state.get("unsupported")
+    """Whether :meth:`FrameBuffer.start_prefault` can map pages here (Linux >= 5.14, and
+    not refused by a seccomp filter): tried once on a scratch page, then remembered."""
+    if _madvise() is None or _populate_state.get("unsupported"):
+        return False
+    if "probed" not in _populate_state:
+        import mmap
+
+        scratch = mmap.mmap(-1, _PAGE)  # page-aligned, private, anonymous
+        view = ctypes.c_char.from_buffer(scratch)
+        ok = _madvise()(ctypes.addressof(view), _PAGE, _MADV_POPULATE_WRITE) == 0
+        del view  # (an exported buffer keeps the map from closing)
+        scratch.close()
+        _populate_state["probed"] = True
+        if not ok:
+            _populate_state["unsupported"] = True
+            log.debug("madvise(MADV_POPULATE_WRITE) refused (errno %d): no output prefault",
+                      ctypes.get_errno())
+    return not _populate_state.get("unsupported")
 
 
 def _populate(addr: int, length: int) -> bool:
