@@ -75,23 +75,22 @@ def _no_key_error() -> MissingApiKeyError:
 
 
 def _ts(value: Any, name: str = "time") -> pd.Timestamp | None:
-    """A UTC timestamp from a date/time string, datetime or ns integer; FetchError if not."""
+    """A UTC timestamp from a date/time string, datetime or ns integer (parsed by
+    :func:`~mbo_lab.io.records.to_ns`, the package's one time parser); FetchError if not."""
+    from ..errors import ArgumentError
+    from .records import to_ns
+
     if value is None:
         return None
     if isinstance(value, bool):
         raise FetchError(f"{name} must be a date, timestamp or ns integer, got {value!r}")
     try:
-        if isinstance(value, int):
-            return pd.Timestamp(value, unit="ns", tz="UTC")
-        t = pd.Timestamp(value)
-    except (ValueError, TypeError, OverflowError) as exc:
+        return pd.Timestamp(to_ns(value), unit="ns", tz="UTC")
+    except (ArgumentError, ValueError, OverflowError) as exc:  # (ns out of range)
         raise FetchError(
             f"{name} {value!r} is not a date or time: pass e.g. '2025-09-24', "
-            "'2025-09-24T19:30', a pandas Timestamp or an ns integer (UTC)"
-        ) from exc
-    if t is pd.NaT:
-        raise FetchError(f"{name} {value!r} is not a date or time (NaT)")
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+            f"'2025-09-24T19:30', a pandas Timestamp or an ns integer (UTC) ({exc})"
+        ) from None
 
 
 def _symbols(symbols: str | Iterable[str | int]) -> list[str]:
