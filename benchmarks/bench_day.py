@@ -100,12 +100,8 @@ elif case.startswith("floor"):
     timed(fill)
     res["frame_bytes"] = nbytes
 elif case == "bbo":
-    from mbo_lab.book import build as B
-    # what bbo() decides: idle CPUs now, one left to the prefault thread of a big output
-    res["threads"] = B._plan_threads(B._readonly(data.records), None,
-                                     int(B._frames.populate_supported()
-                                         and 41 * len(data) > B._frames.PREFAULT_MIN_BYTES))[0]
     df = timed(lambda: mbo_lab.bbo(data))
+    res["threads"] = df.attrs["threads"]  # what bbo() decided (idle CPUs, prefault)
     res["frame_bytes"] = int(df.memory_usage(index=True).sum())
     res["rows"] = len(df)
 elif case == "bbo1t":

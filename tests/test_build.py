@@ -486,8 +486,10 @@ def test_threads_option_and_planner(small_synth, monkeypatch):
     monkeypatch.setenv("MBO_LAB_THREADS", "2")
     df = mbo_lab.bbo(small_synth)
     assert_df_equals_reference(df, mbo_lab.bbo(small_synth, engine="reference"))
-    assert_df_equals_reference(mbo_lab.mbp(small_synth, 3, threads=2),
-                               mbo_lab.mbp(small_synth, 3, engine="reference"))
+    threaded = mbo_lab.mbp(small_synth, 3, threads=2)
+    assert threaded.attrs["threads"] == B._plan_threads(kr, 2)[0]
+    assert mbo_lab.mbp(small_synth, 3, threads=1).attrs["threads"] == 1
+    assert_df_equals_reference(threaded, mbo_lab.mbp(small_synth, 3, engine="reference"))
 
 
 def _rss() -> int:

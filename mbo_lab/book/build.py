@@ -401,6 +401,7 @@ def replay_frames(source: Source, levels: int = 10, engine: str | None = None,
             frames = buf.frames(n_last)
             frames.trades = trade_idx
             frames.counters = counters
+            frames.threads = nthreads
             return frames, data
         n_out, n_tr = 0, 0
         for lo in range(0, n, s.chunk_records):
@@ -507,7 +508,8 @@ def mbp(source: Source, levels: int = 10, *, every: str | int | None = None,
     Prices are floats (currency units) or, with ``price_type="fixed"``, int64 fixed-point
     (1e-9). Sizes and counts are uint32 (as in Databento's MBP-10) when that holds every
     value of the source exactly, else int64 sizes and int32 counts. The anomaly counters
-    of the run are in ``df.attrs["counters"]``.
+    of the run are in ``df.attrs["counters"]``, the threads that applied the books in
+    ``df.attrs["threads"]``.
 
     Sampling, decided in the kernel (so memory follows the kept rows):
 
@@ -528,6 +530,7 @@ def mbp(source: Source, levels: int = 10, *, every: str | int | None = None,
                                  price_type=price_type, compact=True, threads=threads)
     df = frames.to_df(data.records, data.symbols, price_type)
     df.attrs["counters"] = dict(frames.counters)
+    df.attrs["threads"] = frames.threads
     return df
 
 

@@ -75,6 +75,8 @@ class BookFrames:
     counters: dict[str, int] = field(default_factory=dict)
     level_log: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
     fields: dict[str, np.ndarray] | None = None
+    #: threads that applied the books (1: one pass; see :func:`mbo_lab.book.build.replay_frames`)
+    threads: int = 1
 
     @property
     def levels(self) -> int:
