@@ -26,6 +26,7 @@ from ..book.grid import (
     resting_orders,
     time_edges,
 )
+from ..book.state import BookState
 from ..errors import MboLabError
 from ..io.records import FIXED_PRICE_SCALE, UNDEF_PRICE, byte_chars
 from ..io.records import to_ns as records_to_ns
@@ -80,15 +81,22 @@ def _scratch_engine(session: Session, position: int) -> tuple[NumbaEngine, int]:
     cps = session._checkpoints
     k = int(np.searchsorted(session._cp_positions, position, "right")) - 1
     cp = cps[max(k, 0)]
-    return NumbaEngine(levels=1, state=cp.state.copy(), trades=False), cp.position
+    # no reuse=True here: the grid reads each chunk's frames while the next one is applied
+    return NumbaEngine(levels=1, state=BookState.from_compact(cp.state), trades=False), \
+        cp.position
 
 
 def _advance(eng: NumbaEngine, recs: np.ndarray, lo: int, hi: int, bar: Any = None) -> None:
-    for a in range(lo, hi, CHUNK_RECORDS):
-        b = min(hi, a + CHUNK_RECORDS)
-        eng.apply(recs[a:b], base_index=a)
-        if bar is not None:
-            bar.update(b - a)
+    """Apply ``recs[lo:hi]`` to ``eng``, dropping the frames (into one reused buffer)."""
+    reuse, eng.reuse = eng.reuse, True
+    try:
+        for a in range(lo, hi, CHUNK_RECORDS):
+            b = min(hi, a + CHUNK_RECORDS)
+            eng.apply(recs[a:b], base_index=a)
+            if bar is not None:
+                bar.update(b - a)
+    finally:
+        eng.reuse = reuse
 
 
 def _progress_bar(progress: bool | None, total: int, desc: str) -> Any:
