@@ -377,3 +377,54 @@ def test_set_time_zone_adds_the_zone(lmap):
         "%H:%M:%S.%f").startswith(lab)
     with pytest.raises(mbo_lab.MboLabError, match="unknown time zone"):
         lmap.set_time_zone("Mars/Olympus")
+
+
+def _zone_controls(widget) -> list:
+    """Time-zone selection widgets in ``widget``'s tree (walking ``children``)."""
+    import ipywidgets as W
+
+    out, todo = [], [widget]
+    while todo:
+        w = todo.pop()
+        if isinstance(w, W.widgets.widget_selection._Selection) and (
+                "UTC" in [str(v) for v in w._options_values]
+                or "mbo-map-zone" in w._dom_classes):
+            out.append(w)
+        todo.extend(getattr(w, "children", ()) or ())
+    return out
+
+
+def test_standalone_map_keeps_its_zone_dropdown(lmap, session):
+    assert _zone_controls(lmap) == [lmap.zone_select]
+    assert "mbo-map-zone" in lmap.zone_select._dom_classes
+    assert lmap.zone_select.value == lmap.time_zone == session.time_zone  # the default
+
+
+def test_map_without_zone_control_is_driven_by_set_time_zone(session):
+    """``zone_control=False`` (what the dashboard passes): no dropdown in the tree;
+    ``set_time_zone`` relabels the axis, the window and the cursor time at once, without
+    a new query."""
+    m = LiquidityMap(session, width_px=300, height_px=200, debounce=0, time_zone="UTC",
+                     zone_control=False)
+    try:
+        assert _zone_controls(m) == [] and m.zone_select is None
+        assert m.time_axis.label == "time (UTC)"
+        n, updates = len(session.calls), m.updates
+        for zone in ("Asia/Tokyo", "UTC", "America/Chicago"):
+            m.set_time_zone(zone)
+            assert m.time_zone == zone and m.time_axis.label == f"time ({zone})"
+            for v in m.time_axis.tick_values:
+                ns = m.origin_ns + round(float(v) * 1e9)
+                lab = m.time_axis.tick_labels[js_number_key(v)]
+                assert pd.Timestamp(ns, tz="UTC").tz_convert(zone).strftime(
+                    "%H:%M:%S.%f").startswith(lab)
+            s = pd.Timestamp(m.window[0], tz="UTC").tz_convert(zone)
+            assert s.strftime("%Y-%m-%d %H:%M:%S") in m.status.value
+            c = pd.Timestamp(session.frame().ts_recv, tz="UTC").tz_convert(zone)
+            assert c.strftime("%Y-%m-%d %H:%M:%S") in m.status.value
+        assert (len(session.calls), m.updates) == (n, updates)
+        with pytest.raises(mbo_lab.MboLabError, match="unknown time zone"):
+            m.set_time_zone("Mars/Olympus")
+        assert m.time_zone == "America/Chicago"
+    finally:
+        m.close()

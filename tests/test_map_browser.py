@@ -13,6 +13,9 @@ JupyterLab's dark theme, and checks:
 * a mouse-wheel zoom changes the visible window and re-renders with new cells;
 * in "seek" mode a click moves the session position (the map's cursor time) and the
   dashboard's ladder;
+* the dashboard shows ONE time-zone control (the header's; its embedded map has no
+  dropdown, the standalone map keeps its own) and switching it from UTC to the exchange
+  zone relabels the embedded map's time axis (tick texts, axis title, status line);
 * no widget errors, zero console errors;
 * a screenshot in ``test-output/`` (and, with ``MBO_LAB_UPDATE_DOCS=1``, a copy of the
   whole-day view under 150 kB as ``docs/map.png``).
@@ -58,6 +61,8 @@ import ipywidgets as W
 
 path = Path(DATA_PATH)
 session = mbo_lab.open(path if path.is_file() else None)
+if session.time_zone == "UTC":  # demo data: the zone switch needs a zone other than UTC
+    session.time_zone = "America/Chicago"
 session
 '''
 
@@ -113,6 +118,31 @@ _JS_MAP = """() => {
             fig: fb ? [fb.x, fb.y, fb.width, fb.height] : null};
 }"""
 
+_JS_DASH_ZONE = """() => {
+    const d = document.querySelector('.mbo-dashboard');
+    if (!d) return null;
+    // a zone control: any <select> offering UTC (whatever its class)
+    const zoneSelects = (root) => [...root.querySelectorAll('select')]
+        .filter(s => [...s.options].some(o => /UTC/.test(o.textContent)));
+    const alone = document.querySelector('.mbo-map-test');
+    const m = d.querySelector('.mbo-map');
+    const axis = m ? m.querySelector('.mbo-map-figure g.axis') : null;
+    const label = m ? [...m.querySelectorAll('.mbo-map-figure text.axislabel')]
+        .map(t => t.textContent).find(t => t.startsWith('time (')) : null;
+    const status = m ? m.querySelector('.mbo-map-status') : null;
+    const header = d.querySelector('.mbo-tz select');
+    const text = (o) => o.textContent.replace(/\u00a0/g, ' ');  // ipywidgets: nbsp
+    return {zone_controls: zoneSelects(d).length,
+            header_controls: d.querySelectorAll('.mbo-tz').length,
+            map_controls: d.querySelectorAll('.mbo-map-zone').length,
+            standalone_controls: alone ? zoneSelects(alone).length : null,
+            options: header ? [...header.options].map(text) : [],
+            selected: header && header.selectedIndex >= 0
+                ? text(header.options[header.selectedIndex]) : null,
+            ticks: axis ? [...axis.querySelectorAll('.tick text')].map(t => t.textContent) : [],
+            label, status: status ? status.textContent : null};
+}"""
+
 _JS_LADDER = """() => { const e = document.querySelector('.mbo-dashboard .mbo-ladder');
                         return e ? e.innerHTML : null; }"""
 
@@ -135,6 +165,17 @@ def _wait(page, pred, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while True:
         st = page.evaluate(_JS_MAP)
+        if st and pred(st):
+            return st
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {st}")
+        time.sleep(0.2)
+
+
+def _wait_dash(page, pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = page.evaluate(_JS_DASH_ZONE)
         if st and pred(st):
             return st
         if time.monotonic() > deadline:
@@ -277,6 +318,25 @@ def test_map_in_browser(lab, zone):
                     time.sleep(0.2)
                 assert page.evaluate(_JS_LADDER) != ladder0, "the ladder did not follow"
                 assert st2["cursor"] and st2["cursor"] != st1["cursor"]
+            # ---- the dashboard: one zone control (the header's), driving its map
+            page.locator(".mbo-dashboard .mbo-map").scroll_into_view_if_needed()
+            d0 = _wait_dash(page, lambda d: d["ticks"] and d["label"] and d["options"],
+                            60, "the dashboard's map")
+            assert d0["zone_controls"] == 1 and d0["header_controls"] == 1, d0
+            assert d0["map_controls"] == 0, d0
+            assert d0["standalone_controls"] == 1, d0  # the map alone keeps its dropdown
+            assert d0["selected"] == "time: UTC" and d0["label"] == "time (UTC)", d0
+            assert set(d0["ticks"]) <= _expected_time_labels("UTC"), d0
+            other = next(o for o in d0["options"] if o.startswith("time: exchange ("))
+            exch = other[len("time: exchange ("):-1]
+            page.locator(".mbo-dashboard .mbo-tz select").select_option(
+                index=d0["options"].index(other))
+            d1 = _wait_dash(page, lambda d: d["label"] == f"time ({exch})"
+                            and d["ticks"] and d["ticks"] != d0["ticks"], 30,
+                            "the dashboard's map in the exchange zone")
+            assert set(d1["ticks"]) <= _expected_time_labels(exch), (d1, exch)
+            assert exch in (d1["status"] or ""), d1
+            assert d1["zone_controls"] == 1 and d1["selected"] == other, d1
             time.sleep(1.0)
             problems = B._page_problems(page)
             shot = OUT_DIR / f"map_{zone.replace('/', '_')}.png"
@@ -287,7 +347,8 @@ def test_map_in_browser(lab, zone):
     print(json.dumps({"zone": zone, "console": console, "problems": problems,
                       "first": brief, "zoomed": st1["window"] if full else None,
                       "button_zoom_to_image_s": round(button_seconds, 3) if full else None,
-                      "seeked": st2["cursor"] if full else None}, indent=1))
+                      "seeked": st2["cursor"] if full else None,
+                      "dashboard_zone": [d0["ticks"], d1["label"], d1["ticks"]]}, indent=1))
     assert not problems, problems
     assert not console, console
     assert shot.stat().st_size > 10_000

@@ -847,6 +847,89 @@ def test_dashboard_embeds_the_liquidity_map(session):
     dash.close()
 
 
+def zone_controls(widget) -> list:
+    """Every time-zone control in ``widget``'s tree (walking ``children``): a selection
+    widget that offers "UTC" among its values or carries a zone control's CSS class."""
+    import ipywidgets as W
+
+    out, todo, seen = [], [widget], set()
+    while todo:
+        w = todo.pop()
+        if w is None or id(w) in seen:
+            continue
+        seen.add(id(w))
+        if isinstance(w, W.widgets.widget_selection._Selection):
+            values = [str(v) for v in getattr(w, "_options_values", ())]
+            labels = [str(v) for v in getattr(w, "_options_labels", ())]
+            classes = set(getattr(w, "_dom_classes", ()))
+            if "UTC" in values or any("UTC" in t for t in labels) \
+                    or classes & {"mbo-tz", "mbo-map-zone"}:
+                out.append(w)
+        todo.extend(getattr(w, "children", ()) or ())
+    return out
+
+
+def test_dashboard_has_one_time_zone_control_that_drives_the_map(session):
+    """With the liquidity map embedded, the header's zone choice is the only zone control
+    in the widget tree and it relabels the map (axis, ticks, status) without a query."""
+    from mbo_lab.viz.dashboard import _liquidity_map_class
+
+    if _liquidity_map_class() is None:
+        pytest.skip("mbo_lab/viz/liquidity_map.py is not there")
+    session.time_zone = "America/Chicago"
+    dash = Dashboard(session)
+    m = dash.map
+    try:
+        assert m is not None
+        assert zone_controls(dash) == [dash.tz_choice]
+        assert [v for _, v in dash.tz_choice.options] == ["UTC", "America/Chicago"]
+        assert dash.tz_choice.value == "UTC"  # the default stays UTC
+
+        def check(zone: str) -> None:
+            assert m.time_zone == zone
+            assert m.time_axis.label == f"time ({zone})"
+            vals = m.time_axis.tick_values
+            assert len(vals) >= 2
+            for v in vals:
+                ns = m.origin_ns + round(float(v) * 1e9)
+                lab = m.time_axis.tick_labels[js_key(v)]
+                want = pd.Timestamp(ns, tz="UTC").tz_convert(zone)
+                assert want.strftime("%H:%M:%S.%f").startswith(lab) \
+                    or want.strftime("%m-%d %H:%M") == lab, (v, lab, want)
+            s = m.window[0]
+            start = pd.Timestamp(s, tz="UTC").tz_convert(zone).strftime("%Y-%m-%d %H:%M")
+            assert start in m.status.value and zone in m.status.value
+            cur = pd.Timestamp(session.frame().ts_recv, tz="UTC").tz_convert(zone)
+            assert cur.strftime("%Y-%m-%d %H:%M:%S") in m.status.value
+
+        check("UTC")
+        queries, updates = m.queries, m.updates
+        dash.tz_choice.value = "America/Chicago"
+        check("America/Chicago")
+        assert dash.price.time_axis.label == "time (America/Chicago)"
+        dash.set_time_zone("UTC")  # from code: the header control follows
+        assert dash.tz_choice.value == "UTC"
+        check("UTC")
+        assert (m.queries, m.updates) == (queries, updates)  # labels only, no new grid
+        assert dash.errors == []
+    finally:
+        dash.close()
+
+
+def test_dashboard_zone_argument_is_shown_by_its_control(session):
+    """A zone given to the dashboard is the header control's value (not "UTC" while the
+    parts show another zone)."""
+    session.time_zone = "America/Chicago"
+    dash = make_dash(session, tz="Asia/Tokyo")
+    try:
+        assert dash.tz_choice.value == "Asia/Tokyo" == dash.tz
+        assert [v for _, v in dash.tz_choice.options] == ["UTC", "America/Chicago",
+                                                          "Asia/Tokyo"]
+        assert dash.price.time_axis.label == "time (Asia/Tokyo)"
+    finally:
+        dash.close()
+
+
 def test_dashboard_follows_the_session_clock(session):
     """advance() drives the dashboard like the play task does (no event loop)."""
     dash = make_dash(session)

@@ -73,7 +73,9 @@ class Dashboard(W.VBox):
     second while playing; each part has its own lower rate (ladder 20/s, depth 10/s,
     price 5/s, stats 5/s, record 4/s) so the browser gets a bounded stream of messages.
     A paused session's frames are always drawn. Time axes and times are shown in UTC or
-    in the exchange's time zone (``session.time_zone``), chosen in the header. A part that
+    in the exchange's time zone (``session.time_zone``), chosen by ONE control in the
+    header (``tz_choice``) that drives every part, the liquidity map included (inside
+    the dashboard the map shows no zone control of its own). A part that
     fails does not stop the others: its message is shown in the error area. When the
     session holds several books a dropdown selects the one shown. Making a new dashboard
     on a session closes the previous one; :meth:`close` unsubscribes (the session keeps
@@ -91,7 +93,8 @@ class Dashboard(W.VBox):
     span : pandas offset / Timedelta text
         Market time shown by the price chart, ending at the current position.
     tz : str, optional
-        Zone of the times shown: "UTC" (default) or the exchange's zone.
+        Zone of the times shown: "UTC" (default) or the exchange's zone (another IANA
+        zone is added to the header's choices). :meth:`set_time_zone` changes it.
     liquidity_map, heatmap : bool
         Show the liquidity map (first panel) / the old playback heatmap.
     compact : bool
@@ -144,6 +147,8 @@ class Dashboard(W.VBox):
                     params = inspect.signature(cls).parameters
                     if "time_zone" in params:
                         kw["time_zone"] = self.tz
+                    if "zone_control" in params:
+                        kw["zone_control"] = False  # the header's control drives it
                     if "height_px" in params:
                         kw["height_px"] = map_height
                     if "width_px" in params:
@@ -163,8 +168,12 @@ class Dashboard(W.VBox):
         zones = [("time: UTC", "UTC")]
         if self.exchange_tz != "UTC":
             zones.append((f"time: exchange ({self.exchange_tz})", self.exchange_tz))
+        if self.tz not in [z for _, z in zones]:
+            zones.append((f"time: {self.tz}", self.tz))
+        self._setting_tz = False
+        # the one zone control: every part (the liquidity map too) follows it
         self.tz_choice = W.Dropdown(
-            options=zones, value=self.tz if self.tz in [z for _, z in zones] else "UTC",
+            options=zones, value=self.tz,
             tooltip="zone of every time axis and time shown",
             layout=W.Layout(width="250px"))
         self.tz_choice.add_class("mbo-tz")
@@ -266,21 +275,39 @@ class Dashboard(W.VBox):
 
     # ------------------------------------------------------------------ settings
     def _on_tz(self, change: dict) -> None:
-        self.set_time_zone(change["new"])
+        """The header's zone control (the dashboard's only one) changed."""
+        if not self._setting_tz and change["new"]:
+            self._apply_tz(change["new"])
 
     def set_time_zone(self, tz: str) -> None:
-        """Show times in ``tz`` ("UTC" or the exchange's zone, e.g. "America/Chicago")."""
+        """Show times in ``tz`` ("UTC" or the exchange's zone, e.g. "America/Chicago";
+        another IANA zone is added to the choices): the header control shows it and every
+        part follows, the liquidity map included (labels only, no new query)."""
+        from ..config import check_time_zone
+
+        tz = check_time_zone(tz)
+        self._setting_tz = True
+        try:
+            if tz not in [v for _, v in self.tz_choice.options]:
+                self.tz_choice.options = [*self.tz_choice.options, (f"time: {tz}", tz)]
+            self.tz_choice.value = tz
+        finally:
+            self._setting_tz = False
+        self._apply_tz(tz)
+
+    def _apply_tz(self, tz: str) -> None:
+        """Data flows one way: the dashboard tells each part its zone."""
         self.tz = tz
         for part in (self.price, self.stats, self.inspector):
-            part.set_time_zone(tz)
-        zsel = getattr(self.map, "zone_select", None) if self.map is not None else None
-        if zsel is not None and tz in list(zsel.options) and zsel.value != tz:
             try:
-                zsel.value = tz  # the map's own zone choice follows the dashboard's
+                part.set_time_zone(tz)
+            except Exception as exc:  # noqa: BLE001 - the others still follow
+                self.show_error(exc, where=type(part).__name__)
+        if self.map is not None:
+            try:
+                self.map.set_time_zone(tz)
             except Exception as exc:  # noqa: BLE001
                 self.show_error(exc, where="liquidity map")
-        if self.tz_choice.value != tz and tz in [v for _, v in self.tz_choice.options]:
-            self.tz_choice.value = tz
 
     # ------------------------------------------------------------------ errors
     def show_error(self, exc: BaseException, where: str = "") -> None:

@@ -24,10 +24,16 @@ plus a few thousand points, never anything per record; prices and times go to th
 browser as float64 (the colour values of the cells as float32). The heatmap sits on fixed
 unit scales and fills the plot; after each query the time/price domains are set to the
 grid's edges, so the browser redraws the canvas once per update (not at every wheel or
-drag event). Double-click has no Python event in bqplot: the "whole day" button resets. Times are sent as seconds since ``origin_ns`` (UTC midnight of the first
-record's day) on a ``LinearScale``; the time-axis labels are computed in the kernel in
-the chosen zone (``UTC`` or the session's exchange zone), so they are right whatever the
-browser's time zone is.
+drag event). Double-click has no Python event in bqplot: the "whole day" button resets.
+Times are sent as seconds since ``origin_ns`` (UTC midnight of the first record's day) on
+a ``LinearScale``; the time-axis labels are computed in the kernel in the chosen zone
+(``UTC`` or the session's exchange zone), so they are right whatever the browser's time
+zone is. A zone change only relabels (axis, window and cursor times): no new query.
+
+On its own the map has a zone dropdown in its toolbar. Inside the
+:class:`~mbo_lab.viz.dashboard.Dashboard` it has none (``zone_control=False``): the
+dashboard's header control is the one zone control and calls
+:meth:`LiquidityMap.set_time_zone`.
 
 >>> s = mbo_lab.open("CLX5_mbo.dbn")                     # doctest: +SKIP
 >>> from mbo_lab.viz.liquidity_map import LiquidityMap
@@ -201,8 +207,12 @@ class LiquidityMap(W.VBox):
     log_scale, lower_pct, upper_pct
         Colour controls (also in the toolbar): percentile cut-offs of the cell sizes.
     time_zone : str, optional
-        Zone of the time axis; default the session's exchange zone (``"UTC"`` is the other
-        choice in the toolbar).
+        Zone of the time axis and of the times in the status line; default the session's
+        exchange zone (``"UTC"`` is the other choice).
+    zone_control : bool
+        Show the zone dropdown in the toolbar (``zone_select``; default). The dashboard
+        passes False: its header control is the only one and drives the map through
+        :meth:`set_time_zone`; ``zone_select`` is then None.
     debounce : float
         Seconds between the last zoom/pan event and the new query (0: query at once).
     cursor_hz : float
@@ -223,7 +233,7 @@ class LiquidityMap(W.VBox):
                  time_zone: str | None = None, debounce: float = 0.08,
                  cursor_hz: float = 5.0, max_trades: int = 2000,
                  max_large_orders: int = 200, show_profile: bool = True,
-                 clock: Callable[[], float] | None = None):
+                 zone_control: bool = True, clock: Callable[[], float] | None = None):
         import bqplot as bq
 
         self.session = session
@@ -370,12 +380,15 @@ class LiquidityMap(W.VBox):
         self.left_button = button("\u25c0", "pan back in time", "mbo-map-left")
         self.right_button = button("\u25b6", "pan forward in time", "mbo-map-right")
         self.reset_button = button("whole day", "reset to the whole stream", "mbo-map-reset")
-        zones = ["UTC"] if self.exchange_zone == "UTC" else [self.exchange_zone, "UTC"]
-        if self.time_zone not in zones:
-            zones.append(self.time_zone)
-        self.zone_select = W.Dropdown(options=zones, value=self.time_zone,
-                                      layout=W.Layout(width="150px"))
-        self.zone_select.add_class("mbo-map-zone")
+        self.zone_select: W.Dropdown | None = None
+        if zone_control:
+            zones = ["UTC"] if self.exchange_zone == "UTC" else [self.exchange_zone, "UTC"]
+            if self.time_zone not in zones:
+                zones.append(self.time_zone)
+            self.zone_select = W.Dropdown(options=zones, value=self.time_zone,
+                                          tooltip="zone of the time axis and times shown",
+                                          layout=W.Layout(width="150px"))
+            self.zone_select.add_class("mbo-map-zone")
         self.scale_toggle = W.ToggleButtons(options=["log", "linear"],
                                             value="log" if self.log_scale else "linear",
                                             style={"button_width": "64px"})
@@ -397,7 +410,8 @@ class LiquidityMap(W.VBox):
         self.right_button.on_click(lambda _b: self.pan(0.5))
         self.reset_button.on_click(lambda _b: self.reset())
         self.mode.observe(self._on_mode, "value")
-        self.zone_select.observe(self._on_zone, "value")
+        if self.zone_select is not None:
+            self.zone_select.observe(self._on_zone, "value")
         self.scale_toggle.observe(self._on_colors, "value")
         self.measure_select.observe(self._on_colors, "value")
         self.cut_slider.observe(self._on_colors, "value")
@@ -406,8 +420,8 @@ class LiquidityMap(W.VBox):
         self.brush.observe(self._on_brush, "brushing")
 
         tools = W.HBox([self.mode, self.zoom_in_button, self.zoom_out_button,
-                        self.left_button, self.right_button, self.reset_button,
-                        self.zone_select],
+                        self.left_button, self.right_button, self.reset_button]
+                       + ([self.zone_select] if self.zone_select is not None else []),
                        layout=W.Layout(flex_flow="row wrap", align_items="center"))
         colors = W.HBox([W.HTML("<span style='color:var(--jp-ui-font-color2);"
                                 "font-size:12px'>colour</span>"),
@@ -875,17 +889,30 @@ class LiquidityMap(W.VBox):
                                    "seek": None}[mode]
 
     def set_time_zone(self, tz: str) -> None:
-        """Label the time axis in ``tz`` (an IANA name; added to the zone choices)."""
+        """Show the time axis and every time of the map in ``tz`` (an IANA name) at once:
+        new tick labels, axis title and status line, no new query. The dashboard calls
+        this from its zone control; a standalone map's dropdown shows ``tz`` (added to
+        its choices when new)."""
         from ..config import check_time_zone
 
         tz = check_time_zone(tz)
-        if tz not in self.zone_select.options:
-            self.zone_select.options = [*self.zone_select.options, tz]
-        self.zone_select.value = tz
+        zsel = self.zone_select
+        if zsel is not None:
+            if tz not in zsel.options:
+                zsel.options = [*zsel.options, tz]
+            zsel.value = tz  # its observer relabels; a no-op when it shows tz already
+        self._apply_zone(tz)
 
     def _on_zone(self, change: dict) -> None:
-        self.time_zone = change["new"]
-        self.time_axis.label = self._time_label()
+        """The standalone map's dropdown changed."""
+        if change["new"]:
+            self._apply_zone(change["new"])
+
+    def _apply_zone(self, tz: str) -> None:
+        self.time_zone = tz
+        label = self._time_label()
+        if self.time_axis.label != label:
+            self.time_axis.label = label
         if self.window is not None:
             tv, tl = time_ticks(self.window[0], self.window[1], self.origin_ns,
                                 self.time_zone)
