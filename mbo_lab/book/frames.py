@@ -307,7 +307,8 @@ class FrameBuffer:
         return self._prefault.thread
 
     def stop_prefault(self) -> None:
-        """Stop a prefault thread (it ends after its current block); waits for it."""
+        """Stop a prefault thread (it ends after the column range it is mapping: 2 MiB of
+        an 8-byte column); waits for it."""
         if self._prefault is not None:
             self._prefault.stop()
 
@@ -445,10 +446,8 @@ class _Prefault:
     @staticmethod
     def _run(blocks: list[list[tuple[int, int]]], stop: threading.Event, keep: tuple) -> None:
         for block in blocks:
-            if stop.is_set():
-                return
-            for addr, length in block:
-                if not _populate(addr, length):
+            for addr, length in block:  # one column's rows of the block: a few ms at most
+                if stop.is_set() or not _populate(addr, length):
                     return
 
     def stop(self) -> None:
