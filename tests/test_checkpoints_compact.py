@@ -226,6 +226,13 @@ def test_checkpoint_is_immutable_and_independent(gen):
         assert not any(np.shares_memory(a, v) for v in ne.state.arrays.values())
     with pytest.raises((AttributeError, TypeError)):
         snap.meta = None  # frozen dataclass
+    for a in snap._arrays():  # over immutable bytes: cannot be made writeable again
+        with pytest.raises(ValueError):
+            a.flags.writeable = True
+    with pytest.raises(TypeError):
+        snap.shapes["oh"] = (2, 2)
+    with pytest.raises(TypeError):
+        snap.extra["x"] = np.zeros(1)
     before = [a.copy() for a in snap._arrays()]
     st1 = BookState.from_compact(snap)
     NumbaEngine(2, state=st1).apply(gen[20_000:30_000], base_index=20_000)
@@ -287,3 +294,77 @@ def test_outputs_do_not_depend_on_order_slots(gen, gen_ref):
     got.trades = np.concatenate([f1.trades, f2.trades])
     assert_frames_equal(got, gen_ref)
     assert other.check() == 0
+
+
+def test_failed_allocation_in_restore_leaves_state_unchanged(gen, monkeypatch):
+    """restore() allocates every array it cannot reuse before it writes any: a failure
+    there (MemoryError, Ctrl-C) leaves the state exactly as it was."""
+    from mbo_lab.book import state as S
+
+    small = NumbaEngine(2, state=BookState(orders=4, levels=2, segment_pool=64))
+    small.apply(gen[:500])
+    early = small.state.compact()
+    small.apply(gen[500:20_000], base_index=500)
+    late = small.state.compact()
+    small.state.restore(early)  # seek back: arrays reused, larger than early's shapes need
+    before = {k: v.copy() for k, v in small.state.arrays.items()}
+    real = S._aligned
+
+    def refuse_ords(shape, fill=0):
+        if tuple(shape) == tuple(late.shapes["ords"]):
+            raise KeyboardInterrupt
+        return real(shape, fill)
+
+    if all(small.state.arrays[k].shape == tuple(v) for k, v in late.shapes.items()):
+        pytest.skip("nothing to allocate: the stream did not grow the state")
+    monkeypatch.setattr(S, "_aligned", refuse_ords)
+    with pytest.raises(KeyboardInterrupt):
+        small.state.restore(late)
+    monkeypatch.setattr(S, "_aligned", real)
+    assert before.keys() == small.state.arrays.keys()
+    assert all(np.array_equal(before[k], small.state.arrays[k]) for k in before)
+    assert small.check() == 0
+
+
+@pytest.mark.parametrize("where", ["restore", "apply"])
+def test_session_seek_after_an_interrupted_seek_is_exact(gen, monkeypatch, where):
+    """Ctrl-C inside a seek, while the state is rebuilt from a checkpoint or between a
+    replay call and the position update, must not leave a state the next seek trusts:
+    the next seek equals a fresh session's."""
+    s = mbo_lab.open(gen, checkpoint_every=5_000, progress=False)
+    fresh = mbo_lab.open(gen, checkpoint_every=5_000, progress=False)
+    s.seek(40_000)
+    calls = {"n": 0}
+    if where == "restore":
+        real = BookState._load
+
+        def broken(self, snap):  # half written, then interrupted
+            self.arrays["ords"].fill(0)
+            self.arrays["meta"][K.M_LIVE] += 7
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(BookState, "_load", broken)
+        target = 12_345  # behind the position: a checkpoint restore
+    else:
+        real = NumbaEngine.apply
+
+        def broken(self, *args, **kw):  # applied, then interrupted before position moves
+            real(self, *args, **kw)
+            calls["n"] += 1
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(NumbaEngine, "apply", broken)
+        target = 41_234  # just ahead: replayed from the current position
+    with pytest.raises(KeyboardInterrupt):
+        s.seek(target)
+    monkeypatch.setattr(BookState if where == "restore" else NumbaEngine,
+                        "_load" if where == "restore" else "apply", real)
+    for idx in (41_500, target, 20_000):  # first just ahead of the old position
+        got, want = s.seek(idx), fresh.seek(idx)
+        assert got.record_index == want.record_index
+        assert s.engine.top(s.instrument_id, s.publisher_id, 5).bid_px.tolist() == \
+            fresh.engine.top(fresh.instrument_id, fresh.publisher_id, 5).bid_px.tolist()
+        assert s.engine.top(s.instrument_id, s.publisher_id, 5).ask_sz.tolist() == \
+            fresh.engine.top(fresh.instrument_id, fresh.publisher_id, 5).ask_sz.tolist()
+        assert s.engine.state.live_orders == fresh.engine.state.live_orders
+        assert s.engine.check() == 0

@@ -16,7 +16,9 @@ continues exactly as from the original.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -58,10 +60,10 @@ def _grown(arr: np.ndarray, rows: int, fill: int = 0) -> np.ndarray:
 
 
 def _frozen(arr: np.ndarray, dtype=None) -> np.ndarray:
-    """A read-only copy of ``arr`` that owns its data (never a view of a live state)."""
-    out = np.array(arr, dtype=dtype, copy=True)
-    out.flags.writeable = False
-    return out
+    """A read-only copy of ``arr`` over an immutable ``bytes`` buffer (never a view of a
+    live state; its WRITEABLE flag cannot be turned back on)."""
+    a = np.ascontiguousarray(arr, dtype=dtype)
+    return np.frombuffer(a.tobytes(), a.dtype).reshape(a.shape)
 
 
 def _index_dtype(n: int) -> type:
@@ -98,7 +100,7 @@ class CompactState:
     rows handed out, same hash probes).
     """
 
-    shapes: dict
+    shapes: Mapping[str, tuple]
     meta: np.ndarray
     counters: np.ndarray
     bk_pos: np.ndarray
@@ -113,7 +115,7 @@ class CompactState:
     ord_rows: np.ndarray
     ord_free: tuple
     #: Full copies of state arrays this class does not know (a newer kernel's fields).
-    extra: dict
+    extra: Mapping[str, np.ndarray]
 
     def _arrays(self) -> list[np.ndarray]:
         return [self.meta, self.counters, self.bk_pos, self.bk_rows, self.bk_info, self.seg,
@@ -260,7 +262,7 @@ class BookState:
         bk = a["bk_hash"]
         bk_pos = np.flatnonzero(bk[:, 0] != 0)
         return CompactState(
-            shapes={k: v.shape for k, v in a.items()},
+            shapes=MappingProxyType({k: v.shape for k, v in a.items()}),
             meta=_frozen(meta), counters=_frozen(a["counters"]),
             bk_pos=_frozen(bk_pos, _index_dtype(len(bk))), bk_rows=_frozen(bk[bk_pos]),
             bk_info=_frozen(a["bk_info"][:nb]), seg=_frozen(seg),
@@ -269,7 +271,8 @@ class BookState:
             oh_pos=_frozen(oh_pos, _index_dtype(len(oh))), oh_rows=_frozen(oh_rows),
             ord_rows=_frozen(ord_rows),
             ord_free=_stack_split(a["ord_free"], int(meta[K.M_ORD_FREE])),
-            extra={k: _frozen(v) for k, v in a.items() if k not in _COMPACT_FIELDS},
+            extra=MappingProxyType({k: _frozen(v) for k, v in a.items()
+                                    if k not in _COMPACT_FIELDS}),
         )
 
     @classmethod
@@ -283,45 +286,46 @@ class BookState:
 
     def _load(self, snap: CompactState) -> None:
         """Rebuild every array from ``snap``, in place where an array already has the
-        right shape (no fresh memory to fault in on a seek)."""
+        right shape (no fresh memory to fault in on a seek). Every new array is allocated
+        before any reused one is written, so a failed allocation leaves the state as it
+        was; a restore interrupted while writing (Ctrl-C) leaves it unusable until the next
+        restore (:class:`~mbo_lab.replay.session.Session` restores again then)."""
         old = self.arrays
+        names = [k for k in snap.shapes if k not in snap.extra]
         a: dict[str, np.ndarray] = {}
-
-        def blank(name: str) -> np.ndarray:
+        for name in names:  # phase 1: choose or allocate (nothing written yet)
             shape = tuple(snap.shapes[name])
             arr = old.get(name)
-            if arr is not None and arr.shape == shape and arr.dtype == np.int64 and \
-                    arr.flags.writeable:
-                arr.fill(0)
-            else:
+            if arr is None or arr.shape != shape or arr.dtype != np.int64 or \
+                    not arr.flags.writeable:
                 arr = _aligned(shape)
             a[name] = arr
-            return arr
-
-        blank("meta")[:] = snap.meta
-        blank("counters")[:] = snap.counters
-        blank("bk_hash")[snap.bk_pos] = snap.bk_rows
-        blank("bk_info")[: len(snap.bk_info)] = snap.bk_info
-        blank("seg")[: len(snap.seg)] = snap.seg
+        extra = {name: _aligned_copy(v) for name, v in snap.extra.items()}
+        for name in names:  # phase 2: fill
+            a[name].fill(0)
+        a["meta"][:] = snap.meta
+        a["counters"][:] = snap.counters
+        a["bk_hash"][snap.bk_pos] = snap.bk_rows
+        a["bk_info"][: len(snap.bk_info)] = snap.bk_info
+        a["seg"][: len(snap.seg)] = snap.seg
         # segment rows back at their places (the inverse of compact's gather)
         seg = snap.seg
         lens = seg[:, K.S_LEN]
         offs = np.cumsum(lens) - lens
         rows = np.repeat(seg[:, K.S_START] - offs, lens) + np.arange(len(snap.pool_rows),
                                                                       dtype=np.int64)
-        blank("pool")[rows] = snap.pool_rows
-        blank("lvl")[snap.pool_rows[:, 1]] = snap.lvl_rows
-        oh = blank("oh")
+        a["pool"][rows] = snap.pool_rows
+        a["lvl"][snap.pool_rows[:, 1]] = snap.lvl_rows
+        oh = a["oh"]
         oh[:, 1] = -1
         oh[snap.oh_pos] = snap.oh_rows
-        blank("ords")[snap.oh_rows[:, 1] & K.SLOT_MASK] = snap.ord_rows
+        a["ords"][snap.oh_rows[:, 1] & K.SLOT_MASK] = snap.ord_rows
         for name, (r, top) in (("lvl_free", snap.lvl_free), ("ord_free", snap.ord_free)):
-            st = blank(name)
+            st = a[name]
             cap = len(st)
             st[:r] = np.arange(cap - 1, cap - 1 - r, -1, dtype=np.int64)
             st[r: r + len(top)] = top
-        for name, v in snap.extra.items():
-            a[name] = _aligned_copy(v)
+        a.update(extra)
         self.arrays = a
 
     # ---- growth (called by the engine on a kernel status)

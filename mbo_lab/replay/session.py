@@ -234,6 +234,7 @@ class Session:
         # the session never keeps what apply() returns: one reused (small) output buffer
         self.engine = NumbaEngine(levels=1, trades=False, reuse=True)
         self.position = 0
+        self._stale = False  # see _restore_to
         self.seq = 0
         self.clock = _Clock(market_ns=int(self._ts[0]))
         self._build_checkpoints(checkpoint_every, progress)
@@ -328,18 +329,27 @@ class Session:
                  self.load_seconds)
 
     def _restore_to(self, target: int) -> None:
-        """Make the engine state equal to 'records [0, target) applied'."""
-        if not (self.position <= target and target - self.position <= self.checkpoint_every):
+        """Make the engine state equal to 'records [0, target) applied'.
+
+        While the state changes, ``_stale`` is set: an interruption (Ctrl-C in a seek)
+        between a change and the position that says so leaves it set, and the next call
+        restores from a checkpoint instead of trusting ``position``."""
+        if self._stale or not (self.position <= target and
+                               target - self.position <= self.checkpoint_every):
             k = int(np.searchsorted(self._cp_positions, target, "right")) - 1
             cp = self._checkpoints[k]
+            self._stale = True
             self.engine.state.restore(cp.state)
             self.position = cp.position
+            self._stale = False
         recs = self.data.records
         while target > self.position:
             # small calls: the kernel's (reused) output buffer stays small and warm in cache
             hi = min(target, self.position + _REPLAY_CHUNK)
+            self._stale = True
             self.engine.apply(recs[self.position:hi], base_index=self.position)
             self.position = hi
+            self._stale = False
 
     def _snap(self, target: int) -> int:
         """Largest 'position after an F_LAST record of the selected book' <= target, so the
