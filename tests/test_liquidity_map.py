@@ -394,10 +394,23 @@ def _zone_controls(widget) -> list:
     return out
 
 
-def test_standalone_map_keeps_its_zone_dropdown(lmap, session):
+def test_standalone_map_keeps_its_zone_dropdown(lmap, session, monkeypatch):
     assert _zone_controls(lmap) == [lmap.zone_select]
     assert "mbo-map-zone" in lmap.zone_select._dom_classes
     assert lmap.zone_select.value == lmap.time_zone == session.time_zone  # the default
+    relabels = []
+    real = lmap._apply_zone
+    monkeypatch.setattr(lmap, "_apply_zone", lambda tz: (relabels.append(tz), real(tz)))
+    other = "UTC" if lmap.time_zone != "UTC" else "Asia/Tokyo"
+    lmap.set_time_zone(other)  # through its own dropdown: relabelled once
+    assert relabels == [other] and lmap.zone_select.value == other
+    lmap.set_time_zone(other)  # already shown: relabelled once more, nothing else
+    assert relabels == [other, other]
+
+
+def test_unknown_time_zone_is_a_config_error(session):
+    with pytest.raises(mbo_lab.ConfigError, match="unknown time zone"):
+        LiquidityMap(session, width_px=300, height_px=200, time_zone="Bad/Zone")
 
 
 def test_map_without_zone_control_is_driven_by_set_time_zone(session):

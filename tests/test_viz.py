@@ -930,6 +930,13 @@ def test_dashboard_zone_argument_is_shown_by_its_control(session):
         dash.close()
 
 
+def test_dashboard_unknown_time_zone_is_a_config_error(session):
+    """A bad zone fails at once with the package's error, not as a missing map and raw
+    ZoneInfoNotFoundError texts in the error area."""
+    with pytest.raises(mbo_lab.ConfigError, match="unknown time zone"):
+        make_dash(session, tz="Bad/Zone")
+
+
 def test_dashboard_follows_the_session_clock(session):
     """advance() drives the dashboard like the play task does (no event loop)."""
     dash = make_dash(session)

@@ -119,7 +119,9 @@ class Dashboard(W.VBox):
         self.frames_dropped = 0
         self.errors: list[str] = []
         self.exchange_tz = session_time_zone(session)
-        self.tz = tz or "UTC"
+        from ..config import check_time_zone
+
+        self.tz = check_time_zone(tz or "UTC")  # ConfigError for an unknown name
         import pandas as pd
 
         span_ns = int(pd.Timedelta(span).value)

@@ -246,7 +246,9 @@ class LiquidityMap(W.VBox):
         self.log_scale = bool(log_scale)
         self.lower_pct, self.upper_pct = float(lower_pct), float(upper_pct)
         self.exchange_zone = str(getattr(session, "time_zone", None) or "UTC")
-        self.time_zone = time_zone or self.exchange_zone
+        from ..config import check_time_zone
+
+        self.time_zone = check_time_zone(time_zone or self.exchange_zone)
         self.debounce = float(debounce)
         self.max_trades = int(max_trades)
         self.max_large_orders = int(max_large_orders)
@@ -897,11 +899,12 @@ class LiquidityMap(W.VBox):
 
         tz = check_time_zone(tz)
         zsel = self.zone_select
-        if zsel is not None:
+        if zsel is not None and zsel.value != tz:
             if tz not in zsel.options:
                 zsel.options = [*zsel.options, tz]
-            zsel.value = tz  # its observer relabels; a no-op when it shows tz already
-        self._apply_zone(tz)
+            zsel.value = tz  # its observer relabels (once)
+        else:
+            self._apply_zone(tz)
 
     def _on_zone(self, change: dict) -> None:
         """The standalone map's dropdown changed."""
