@@ -56,6 +56,18 @@ def _records(path: str | None, n: int) -> np.ndarray:
     return _readonly(recs)
 
 
+def _code_bytes(addr: int) -> int:
+    """Bytes readable from ``addr`` within its executable mapping (``/proc/self/maps``),
+    at most ``CODE_BYTES``: reading past it would take data bytes or fault."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            span, perms = line.split()[:2]
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            if lo <= addr < hi and "x" in perms:
+                return min(CODE_BYTES, hi - addr)
+    sys.exit(f"profile_kernel: address {addr:#x} is in no executable mapping")
+
+
 def _kernel_addresses() -> list[int]:
     """Entry addresses of every compiled signature of ``apply_records``."""
     out = []
@@ -102,28 +114,35 @@ def main() -> None:
     worker = threading.Thread(target=spin, daemon=True)
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "perf.data")
+        t0 = time.perf_counter()
         worker.start()
         time.sleep(0.5)
-        subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(args.freq),
-                        "-p", str(os.getpid()), "-o", data, "--", "sleep",
-                        str(args.seconds)], check=True, stdout=subprocess.DEVNULL)
+        rec = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F",
+                              str(args.freq), "-p", str(os.getpid()), "-o", data, "--",
+                              "sleep", str(args.seconds)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         stop.set()
         worker.join()
+        elapsed = time.perf_counter() - t0
+        if rec.returncode != 0:
+            sys.exit(f"profile_kernel: perf record failed ({rec.stderr.strip()[-300:]}); "
+                     "check /proc/sys/kernel/perf_event_paranoid (<= 2 needed)")
         ips = subprocess.run(["perf", "script", "-i", data, "-F", "ip"], check=True,
                              capture_output=True, text=True).stdout.split()
         code = os.path.join(tmp, "code.bin")
-        Path(code).write_bytes(ctypes.string_at(base, CODE_BYTES))
+        size = _code_bytes(base)
+        Path(code).write_bytes(ctypes.string_at(base, size))
         dis = subprocess.run(["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", code],
                              check=True, capture_output=True, text=True).stdout
 
     hist: collections.Counter[int] = collections.Counter()
     for s in ips:
         ip = int(s, 16)
-        if base <= ip < base + CODE_BYTES:
+        if base <= ip < base + size:
             hist[ip - base] += 1
     total = len(ips)
     inside = sum(hist.values())
-    rate = passes[0] * len(recs) / max(args.seconds, 1e-9) / 1e6
+    rate = passes[0] * len(recs) / elapsed / 1e6
     print(f"{total} samples, {inside / max(total, 1):.1%} inside apply_records "
           f"({len(recs):,} records x {passes[0]} passes, ~{rate:.1f}M rec/s while sampled)")
     lines = {}

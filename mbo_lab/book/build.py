@@ -121,7 +121,7 @@ _PART_MULS = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB,
 PARALLEL_MIN_RECORDS = 2_000_000
 #: Records per step of a threaded pass: each thread's gathered records (3.5 MiB plus
 #: 1.5 MiB of rows) stay in its core's caches. 2 threads, 10M records, idle VM, best of 5:
-#: 3 books 16Ki 265 / 32Ki 256 / 64Ki 251 / 256Ki 275 ms; 16 books 266 / 268 / 257 / 281 ms
+#: 5 books 16Ki 265 / 32Ki 256 / 64Ki 251 / 256Ki 275 ms; 16 books 266 / 268 / 257 / 281 ms
 THREAD_CHUNK = 1 << 16
 
 

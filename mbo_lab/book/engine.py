@@ -97,7 +97,7 @@ class NumbaEngine:
         (grown when a call has more states than they hold) instead of fresh memory, so the
         :class:`BookFrames` (and its ``trades``) returned by one call are **overwritten by
         the next** ``apply`` on this engine -- copy what you keep
-        (``BookFrames.concat([fr], levels)`` or ``arr.copy()``). Fresh memory costs a page
+        (``fr.copy()``, or ``arr.copy()`` of one array). Fresh memory costs a page
         fault per page on its first write (and a prefault thread on a second core): on
         1M-record chunks of a synthetic day, ``levels=10`` went from 9.9M to 15.2M rec/s
         and from 1.8 to 0.7 s CPU per 10M records, ``levels=1`` from 21M to 24M rec/s.
