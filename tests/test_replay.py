@@ -120,6 +120,44 @@ def test_frame_rate_is_capped():
     assert len(got) < 20
 
 
+class _FakeClock:
+    """perf_counter() for the session module, set by the test."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def perf_counter(self):
+        return self.now
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.002, 0.003])
+def test_publish_schedule_keeps_jittery_ticks_and_caps_the_average(monkeypatch, jitter):
+    """Ticks one period apart with wake-up jitter (a little early or late) all publish:
+    the frame slots follow a fixed schedule, so jitter does not drop every other frame
+    (half the frames were skipped with a deadline clock before). A caller advancing far
+    faster than ``fps`` still gets at most ``fps`` frames per second on average."""
+    import mbo_lab.replay.session as S
+
+    s = mbo_lab.open(mbo_lab.synth_records(20_000, seed=5), fps=30, progress=False)
+    clock = _FakeClock()
+    monkeypatch.setattr(S, "_time", clock)
+    period = 1 / 30
+    s.clock.last_publish = 0.0
+    k0 = s.clock.frames_skipped
+    rng = np.random.default_rng(1)
+    for k in range(300):  # 10 s of ticks
+        clock.now = 1000.0 + k * period + rng.uniform(-jitter, jitter)
+        assert s._publish()
+    assert s.clock.frames_skipped == k0
+    # a tight loop: 100 calls per frame period for 10 s
+    start = clock.now
+    published = 0
+    for k in range(1, 30_001):
+        clock.now = start + k * period / 100
+        published += s._publish()
+    assert 299 <= published <= 301  # fps x 10 s, whatever the call rate
+
+
 def test_play_pause_on_an_event_loop():
     recs = mbo_lab.synth_records(30_000, seed=3)
     s = mbo_lab.open(recs, fps=50)

@@ -459,10 +459,16 @@ class Session:
 
     def _publish(self, force: bool = False) -> bool:
         now = _time.perf_counter()
-        if not force and now - self.clock.last_publish < 1.0 / self.settings.fps:
+        period = 1.0 / self.settings.fps
+        slack = 0.1 * period  # wake-up jitter of the clock's ticks
+        last = self.clock.last_publish
+        if not force and now < last + period - slack:
             self.clock.frames_skipped += 1
             return False
-        self.clock.last_publish = now
+        # last_publish is the frame's slot on a fixed schedule: a tick a little early or
+        # late keeps the schedule (so jitter does not drop every other frame), at most
+        # ``fps`` frames per second on average; after a stall the schedule restarts
+        self.clock.last_publish = max(last + period, now - slack)
         self.seq += 1
         if not self.clock.subscribers:
             return True
@@ -571,13 +577,17 @@ class Session:
     async def _run(self) -> None:
         period = 1.0 / self.settings.fps
         last = _time.perf_counter()
+        due = last + period
         try:
             while self.clock.playing:
-                # sleep what is left of the frame period after the last frame's work
-                await asyncio.sleep(max(0.0, period - (_time.perf_counter() - last)))
+                # wake at fixed deadlines: a sleep that overshoots (~1 ms in a busy kernel)
+                # shortens the next one instead of slowing the clock down; after a stall
+                # the schedule restarts from now (no burst of catch-up frames)
+                await asyncio.sleep(max(0.0, due - _time.perf_counter()))
                 now = _time.perf_counter()
                 more = self.advance(now - last)
                 last = now
+                due = due + period if due + period > now else now + period
                 if not more:
                     self.clock.playing = False
                     self._publish(force=True)
