@@ -331,8 +331,10 @@ def test_map_in_browser(lab, zone):
             exch = other[len("time: exchange ("):-1]
             page.locator(".mbo-dashboard .mbo-tz select").select_option(
                 index=d0["options"].index(other))
+            # label, ticks and status line are separate widget messages: wait for all
             d1 = _wait_dash(page, lambda d: d["label"] == f"time ({exch})"
-                            and d["ticks"] and d["ticks"] != d0["ticks"], 30,
+                            and d["ticks"] and d["ticks"] != d0["ticks"]
+                            and exch in (d["status"] or ""), 30,
                             "the dashboard's map in the exchange zone")
             assert set(d1["ticks"]) <= _expected_time_labels(exch), (d1, exch)
             assert exch in (d1["status"] or ""), d1
