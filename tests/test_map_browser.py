@@ -161,10 +161,11 @@ def _png_scaled(page, png: bytes, scale: float) -> bytes:
     return base64.b64decode(out.split(",", 1)[1])
 
 
-def _wait(page, pred, timeout: float, what: str):
+def _wait(page, pred, timeout: float, what: str, script: str = _JS_MAP):
+    """Evaluate ``script`` in the page until ``pred`` holds for its result."""
     deadline = time.monotonic() + timeout
     while True:
-        st = page.evaluate(_JS_MAP)
+        st = page.evaluate(script)
         if st and pred(st):
             return st
         if time.monotonic() > deadline:
@@ -173,14 +174,7 @@ def _wait(page, pred, timeout: float, what: str):
 
 
 def _wait_dash(page, pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = page.evaluate(_JS_DASH_ZONE)
-        if st and pred(st):
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {st}")
-        time.sleep(0.2)
+    return _wait(page, pred, timeout, what, _JS_DASH_ZONE)
 
 
 def _span(window_text: str) -> float:
