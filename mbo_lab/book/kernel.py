@@ -47,7 +47,7 @@ Speed notes (each measured)
   (sized by the live orders) and its probe reads only ``oh``.
 * Hot helpers are ``inline="always"`` and each is inlined at one call site only (compile
   time); rare paths (clear, new book, top-of-book over real orders) are calls.
-* Where the time goes (10M generated records, 3 books, ~1,100 live orders: the whole
+* Where the time goes (10M generated records, 5 books, ~1,100 live orders: the whole
   state sits in L1/L2; 36 ns per record on the 2-core VM, ``benchmarks/profile_kernel.py``
   for the instruction-level profile): reading records and the look-ahead 7 ns, publishing
   the BBO and record fields at F_LAST 6 ns, the add/cancel/modify work the rest, spread

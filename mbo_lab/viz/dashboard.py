@@ -15,6 +15,7 @@ import bqplot as bq
 import ipywidgets as W
 import numpy as np
 
+from ..config import check_time_zone
 from ._common import (
     ASK,
     BID,
@@ -119,8 +120,6 @@ class Dashboard(W.VBox):
         self.frames_dropped = 0
         self.errors: list[str] = []
         self.exchange_tz = session_time_zone(session)
-        from ..config import check_time_zone
-
         self.tz = check_time_zone(tz or "UTC")  # ConfigError for an unknown name
         import pandas as pd
 
@@ -285,8 +284,6 @@ class Dashboard(W.VBox):
         """Show times in ``tz`` ("UTC" or the exchange's zone, e.g. "America/Chicago";
         another IANA zone is added to the choices): the header control shows it and every
         part follows, the liquidity map included (labels only, no new query)."""
-        from ..config import check_time_zone
-
         tz = check_time_zone(tz)
         self._setting_tz = True
         try:

@@ -56,6 +56,7 @@ import ipywidgets as W
 import numpy as np
 import pandas as pd
 
+from ..config import check_time_zone
 from ..io.records import to_ns
 
 log = logging.getLogger(__name__)
@@ -246,8 +247,6 @@ class LiquidityMap(W.VBox):
         self.log_scale = bool(log_scale)
         self.lower_pct, self.upper_pct = float(lower_pct), float(upper_pct)
         self.exchange_zone = str(getattr(session, "time_zone", None) or "UTC")
-        from ..config import check_time_zone
-
         self.time_zone = check_time_zone(time_zone or self.exchange_zone)
         self.debounce = float(debounce)
         self.max_trades = int(max_trades)
@@ -895,8 +894,6 @@ class LiquidityMap(W.VBox):
         new tick labels, axis title and status line, no new query. The dashboard calls
         this from its zone control; a standalone map's dropdown shows ``tz`` (added to
         its choices when new)."""
-        from ..config import check_time_zone
-
         tz = check_time_zone(tz)
         zsel = self.zone_select
         if zsel is not None and zsel.value != tz:
