@@ -1542,6 +1542,11 @@ class ParallelParquetWriter:
         pa = _pa()
         import pyarrow.parquet as pq
 
+        def encode(sink, tbl) -> None:
+            w = pq.ParquetWriter(sink, self.schema, memory_pool=self.pool, **self.options)
+            w.write_table(tbl, row_group_size=max(1, tbl.num_rows))
+            w.close()
+
         try:
             data = None
             mem = getattr(self._local, "buf", None)
@@ -1551,19 +1556,13 @@ class ParallelParquetWriter:
                                                            memory_pool=self.pool)
             try:
                 sink = pa.FixedSizeBufferWriter(mem)
-                w = pq.ParquetWriter(sink, self.schema, memory_pool=self.pool,
-                                     **self.options)
-                w.write_table(tbl, row_group_size=max(1, tbl.num_rows))
-                w.close()
+                encode(sink, tbl)
                 data = mem.slice(0, sink.tell())
             except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowCapacityError):
                 data = None  # larger than the table: a growing buffer
             if data is None:
                 sink = pa.BufferOutputStream(memory_pool=self.pool)
-                w = pq.ParquetWriter(sink, self.schema, memory_pool=self.pool,
-                                     **self.options)
-                w.write_table(tbl, row_group_size=max(1, tbl.num_rows))
-                w.close()
+                encode(sink, tbl)
                 data = sink.getvalue()
             body_len, footer = _footer(data)
             meta = _ThriftReader(footer).struct()

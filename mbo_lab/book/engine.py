@@ -215,15 +215,8 @@ class NumbaEngine:
         recs = _readonly(recs)
         if sel is None:
             sel = _NO_SEL
-            stop = len(recs)
-        else:
-            if self.sampled or log_key is not None:
-                raise EngineError("internal: a record selection is not for sampling or a log")
-            stop = len(recs)
-            if stop == 0:
-                self.records_applied = (self.records_applied if base_index is None
-                                        else int(base_index)) + len(recs)
-                return buf, n_out, n_trades, None
+        elif self.sampled or log_key is not None:
+            raise EngineError("internal: a record selection is not for sampling or a log")
         base = self.records_applied if base_index is None else int(base_index)
         if log_key is None:
             lkey = 0
@@ -240,7 +233,7 @@ class NumbaEngine:
         i, n_tr, n_log = 0, int(n_trades), 0
         while True:
             i, status, n_out, n_tr, n_log = K.apply_records(
-                *self.state.as_tuple(), recs, i, stop, self.levels,
+                *self.state.as_tuple(), recs, i, len(recs), self.levels,
                 *buf.kernel_outputs(), n_out, trade_idx, n_tr, base, lkey, log, n_log,
                 buf.rs, buf.ks, *buf.fields, self.every, self.changes_only, pend, last, lst,
                 self._smp_meta, self._smp_cur, *sel,

@@ -300,7 +300,7 @@ class FrameBuffer:
         if self._prefault is not None or not populate_supported():
             return None
         n = self.capacity if rows is None else max(0, min(int(rows), self.capacity))
-        row_bytes = sum(a.nbytes for a in self._arrays()) // max(1, self.capacity)
+        row_bytes = self.nbytes // max(1, self.capacity)
         if n * row_bytes < PREFAULT_MIN_BYTES:
             return None
         self._prefault = _Prefault(self._ranges(n), self._arrays())

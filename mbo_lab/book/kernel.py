@@ -438,6 +438,12 @@ def _log_clear(LG, n_log, i, SG, P, LV, s):
 
 
 @njit(inline="always", **_JIT)
+def _book_key(r):
+    """Book key of record ``r``: ``(instrument_id << 16 | publisher_id) + 1`` (0 = none)."""
+    return ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
+
+
+@njit(inline="always", **_JIT)
 def part_of(key, nparts, pmul):
     """Part (thread) of book ``key`` in a partition of ``nparts``: bits 32-63 of
     ``key * pmul`` scaled to ``[0, nparts)`` by a multiply (no division in the loop)."""
@@ -463,7 +469,7 @@ def _peek(recs, j, BH, bkmask, OH, ohmask, k0, k1):
     """Book of record ``j`` (-1: none yet) and the home row of its order in the order hash,
     which is prefetched."""
     r = recs[np.uint64(j)]
-    key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
+    key = _book_key(r)
     b = _book_probe(BH, key, bkmask, k0, k1)
     h = _ohash(np.int64(r.order_id), b, ohmask, k0, k1)
     _prefetch(OH, np.uint64(2 * h))
@@ -822,7 +828,7 @@ def apply_records(meta, counters, bk_hash, bk_info, seg, pool, lvl, lvl_free, or
         r = recs[np.uint64(i)]
         act = r.action
         flags = r.flags
-        key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
+        key = _book_key(r)
         b = b1
         hhome = h1
         b1, h1 = b2, h2
@@ -1228,7 +1234,7 @@ def select_part(recs, words, nparts, part, pmul, n_out, n_trades, sel, sel_out, 
     m = 0
     for i in range(recs.shape[0]):
         r = recs[np.uint64(i)]
-        key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
+        key = _book_key(r)
         for w in range(7):
             out_words[np.uint64(m), np.uint64(w)] = words[np.uint64(i), np.uint64(w)]
         sel[np.uint64(m)] = i
@@ -1247,7 +1253,7 @@ def part_sizes(recs, step, nparts, pmul, out):
     out[:] = 0
     for i in range(0, recs.shape[0], step):
         r = recs[np.uint64(i)]
-        key = ((np.int64(r.instrument_id) << 16) | np.int64(r.publisher_id)) + 1
+        key = _book_key(r)
         out[part_of(key, nparts, pmul)] += 1
     return out
 

@@ -82,6 +82,16 @@ def _stack_split(stack: np.ndarray, free: int) -> tuple[int, np.ndarray]:
     return r, _frozen(s[r:], _index_dtype(cap))
 
 
+def _segment_rows(seg: np.ndarray) -> np.ndarray:
+    """The pool rows in use by segments ``seg`` (rows of start, length, ...), segment after
+    segment: where :meth:`BookState.compact` gathers them and :meth:`BookState._load` puts
+    them back."""
+    lens = seg[:, K.S_LEN]
+    offs = np.cumsum(lens) - lens
+    return np.repeat(seg[:, K.S_START] - offs, lens) + np.arange(int(lens.sum()),
+                                                                  dtype=np.int64)
+
+
 @dataclass(frozen=True, eq=False)
 class CompactState:
     """An immutable, compact checkpoint of a :class:`BookState` (see
@@ -248,11 +258,7 @@ class BookState:
         nb = int(meta[K.M_NBOOKS])
         # segments: their live rows (the best level last) and those rows' levels
         seg = a["seg"][: 2 * nb]
-        lens = seg[:, K.S_LEN]
-        total = int(lens.sum())
-        offs = np.cumsum(lens) - lens
-        rows = np.repeat(seg[:, K.S_START] - offs, lens) + np.arange(total, dtype=np.int64)
-        pool_rows = a["pool"][rows]
+        pool_rows = a["pool"][_segment_rows(seg)]
         lvl_rows = a["lvl"][pool_rows[:, 1]]
         # order hash: occupied rows, and their orders' rows
         oh = a["oh"]
@@ -309,12 +315,7 @@ class BookState:
         a["bk_info"][: len(snap.bk_info)] = snap.bk_info
         a["seg"][: len(snap.seg)] = snap.seg
         # segment rows back at their places (the inverse of compact's gather)
-        seg = snap.seg
-        lens = seg[:, K.S_LEN]
-        offs = np.cumsum(lens) - lens
-        rows = np.repeat(seg[:, K.S_START] - offs, lens) + np.arange(len(snap.pool_rows),
-                                                                      dtype=np.int64)
-        a["pool"][rows] = snap.pool_rows
+        a["pool"][_segment_rows(snap.seg)] = snap.pool_rows
         a["lvl"][snap.pool_rows[:, 1]] = snap.lvl_rows
         oh = a["oh"]
         oh[:, 1] = -1
