@@ -67,6 +67,34 @@ def clx5(clx5_path: Path) -> mbo_lab.MboData:
 
 
 @pytest.fixture(scope="session")
+def warm_numba() -> None:
+    """Compile (or load from the cache) every kernel signature once, before the tests of
+    a module that uses it (``pytestmark = pytest.mark.usefixtures("warm_numba")``)."""
+    mbo_lab.warmup()
+
+
+@pytest.fixture(scope="session")
+def clx5_frames(clx5):
+    """``(numba engine, reference engine, kernel frames, reference frames)`` of CLX5 at
+    10 levels, each engine after the whole file."""
+    from mbo_lab.book.engine import NumbaEngine, ReferenceEngine
+
+    ne, re = NumbaEngine(levels=10), ReferenceEngine(levels=10)
+    got, want = ne.apply(clx5.records), re.apply(clx5.records)
+    return ne, re, got, want
+
+
+@pytest.fixture(scope="session")
+def gen() -> np.ndarray:
+    """60k generated records (read-only): five books, three publishers (one top-of-book
+    only), a clear + snapshot every ~15k records."""
+    recs = mbo_lab.synth_records(60_000, seed=424242, clear_snapshot_every=15_000,
+                                 tob_publisher=True)
+    recs.flags.writeable = False
+    return recs
+
+
+@pytest.fixture(scope="session")
 def synth() -> np.ndarray:
     """200k synthetic records: five books on three publishers (one top-of-book only),
     with a clear + snapshot every ~20k records."""
@@ -74,3 +102,43 @@ def synth() -> np.ndarray:
                                  clear_snapshot_every=SYNTH_SNAPSHOT_EVERY, tob_publisher=True)
     recs.flags.writeable = False
     return recs
+
+
+def fail_on_call(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, n: int,
+                 exc: BaseException) -> dict[str, int]:
+    """Patch method ``owner.name`` so that its ``n``-th call raises ``exc`` (the others
+    run the real method): fault injection for "a failure part-way loses nothing" tests.
+    Returns the call counter (``{"n": calls so far}``; set it to 0 to start again)."""
+    real = getattr(owner, name)
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise exc
+        return real(*args, **kw)
+
+    monkeypatch.setattr(owner, name, flaky)
+    return calls
+
+
+def zone_controls(widget) -> list:
+    """Every time-zone control in ``widget``'s tree (walking ``children``): a selection
+    widget that offers "UTC" among its values or carries a zone control's CSS class."""
+    import ipywidgets as W
+
+    out, todo, seen = [], [widget], set()
+    while todo:
+        w = todo.pop()
+        if w is None or id(w) in seen:
+            continue
+        seen.add(id(w))
+        if isinstance(w, W.widgets.widget_selection._Selection):
+            values = [str(v) for v in getattr(w, "_options_values", ())]
+            labels = [str(v) for v in getattr(w, "_options_labels", ())]
+            classes = set(getattr(w, "_dom_classes", ()))
+            if "UTC" in values or any("UTC" in t for t in labels) \
+                    or classes & {"mbo-tz", "mbo-map-zone"}:
+                out.append(w)
+        todo.extend(getattr(w, "children", ()) or ())
+    return out

@@ -12,32 +12,13 @@ import numpy as np
 import pytest
 from test_kernel import assert_frames_equal
 
-import mbo_lab
 from mbo_lab.book.engine import NumbaEngine, ReferenceEngine, book_key
 from mbo_lab.book.frames import BookFrames
 
 LEVELS = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _warm_numba():
-    mbo_lab.warmup()
-
-
-@pytest.fixture(scope="module")
-def gen() -> np.ndarray:
-    recs = mbo_lab.synth_records(60_000, seed=99, clear_snapshot_every=12_000,
-                                 tob_publisher=True)
-    recs.flags.writeable = False
-    return recs
-
-
-def _copy(fr: BookFrames) -> BookFrames:
-    out = BookFrames.concat([fr], fr.bid_px.shape[1])
-    out.trades = fr.trades.copy()
-    out.counters = dict(fr.counters)
-    out.level_log = fr.level_log.copy()
-    return out
+pytestmark = pytest.mark.usefixtures("warm_numba")
 
 
 def _chunks(n: int, sizes: list[int]):
@@ -59,23 +40,21 @@ def test_reuse_equals_fresh_path_and_reference(gen):
         b = reuse.apply(gen[lo:hi])
         assert_frames_equal(b, a)
         assert b.counters == a.counters
-        got.append(_copy(b))
+        got.append(b.copy())
         want.append(a)
     joined = BookFrames.concat(got, LEVELS)
-    joined.trades = np.concatenate([g.trades for g in got])
     ref = ReferenceEngine(LEVELS).apply(gen)
     assert_frames_equal(joined, ref)
     # the fresh path's frames stayed valid through every later call
     kept = BookFrames.concat(want, LEVELS)
-    kept.trades = np.concatenate([w.trades for w in want])
     assert_frames_equal(kept, ref)
 
 
 def test_reuse_overwrites_previous_frames(gen):
     eng = NumbaEngine(LEVELS, reuse=True)
-    f1 = eng.apply(gen[:10_000])
-    first = _copy(f1)
-    f2 = eng.apply(gen[10_000:20_000])
+    f1 = eng.apply(gen[:20_000])
+    first = f1.copy()
+    f2 = eng.apply(gen[20_000:30_000])  # fewer states and trades: no regrowth
     # the same memory: f1 now shows (the start of) f2's states
     assert np.shares_memory(f1.bid_px, f2.bid_px)
     assert np.shares_memory(f1.trades, f2.trades)
@@ -84,8 +63,8 @@ def test_reuse_overwrites_previous_frames(gen):
     assert not np.array_equal(f1.index, first.index)
     # the default engine never shares
     d = NumbaEngine(LEVELS)
-    g1 = d.apply(gen[:10_000])
-    g2 = d.apply(gen[10_000:20_000])
+    g1 = d.apply(gen[:20_000])
+    g2 = d.apply(gen[20_000:30_000])
     assert not np.shares_memory(g1.bid_px, g2.bid_px)
     assert_frames_equal(g1, first)
 

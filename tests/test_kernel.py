@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_reference import CASES
 
-import mbo_lab
 from mbo_lab.book.engine import NumbaEngine, ReferenceEngine, book_key, make_engine
 from mbo_lab.book.frames import BookFrames
 from mbo_lab.book.state import BookState
@@ -39,11 +38,7 @@ CLX5_UNKNOWN_MODIFY = 216
 CLX5_TRADES = 1_599
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _warm_numba():
-    """Compile (or load from the cache) the kernel once, before any timed test."""
-    mbo_lab.warmup()
-    NumbaEngine(levels=2).apply(build_records([]))
+pytestmark = pytest.mark.usefixtures("warm_numba")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -151,13 +146,6 @@ def test_all_hand_written_in_one_stream_tiny_state():
 
 
 # --------------------------------------------------------------------------- CLX5
-
-
-@pytest.fixture(scope="session")
-def clx5_frames(clx5):
-    ne, re = NumbaEngine(levels=10), ReferenceEngine(levels=10)
-    got, want = ne.apply(clx5.records), re.apply(clx5.records)
-    return ne, re, got, want
 
 
 def test_clx5_kernel_equals_reference(clx5, clx5_frames):

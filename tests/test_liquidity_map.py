@@ -14,6 +14,7 @@ import asyncio
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import zone_controls
 
 import mbo_lab
 from mbo_lab.replay.session import Session
@@ -379,23 +380,8 @@ def test_set_time_zone_adds_the_zone(lmap):
         lmap.set_time_zone("Mars/Olympus")
 
 
-def _zone_controls(widget) -> list:
-    """Time-zone selection widgets in ``widget``'s tree (walking ``children``)."""
-    import ipywidgets as W
-
-    out, todo = [], [widget]
-    while todo:
-        w = todo.pop()
-        if isinstance(w, W.widgets.widget_selection._Selection) and (
-                "UTC" in [str(v) for v in w._options_values]
-                or "mbo-map-zone" in w._dom_classes):
-            out.append(w)
-        todo.extend(getattr(w, "children", ()) or ())
-    return out
-
-
 def test_standalone_map_keeps_its_zone_dropdown(lmap, session, monkeypatch):
-    assert _zone_controls(lmap) == [lmap.zone_select]
+    assert zone_controls(lmap) == [lmap.zone_select]
     assert "mbo-map-zone" in lmap.zone_select._dom_classes
     assert lmap.zone_select.value == lmap.time_zone == session.time_zone  # the default
     relabels = []
@@ -420,7 +406,7 @@ def test_map_without_zone_control_is_driven_by_set_time_zone(session):
     m = LiquidityMap(session, width_px=300, height_px=200, debounce=0, time_zone="UTC",
                      zone_control=False)
     try:
-        assert _zone_controls(m) == [] and m.zone_select is None
+        assert zone_controls(m) == [] and m.zone_select is None
         assert m.time_axis.label == "time (UTC)"
         n, updates = len(session.calls), m.updates
         for zone in ("Asia/Tokyo", "UTC", "America/Chicago"):

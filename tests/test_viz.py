@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import zone_controls
 
 import mbo_lab
 from mbo_lab.replay.session import SPEED_MAX
@@ -847,35 +848,13 @@ def test_dashboard_embeds_the_liquidity_map(session):
     dash.close()
 
 
-def zone_controls(widget) -> list:
-    """Every time-zone control in ``widget``'s tree (walking ``children``): a selection
-    widget that offers "UTC" among its values or carries a zone control's CSS class."""
-    import ipywidgets as W
-
-    out, todo, seen = [], [widget], set()
-    while todo:
-        w = todo.pop()
-        if w is None or id(w) in seen:
-            continue
-        seen.add(id(w))
-        if isinstance(w, W.widgets.widget_selection._Selection):
-            values = [str(v) for v in getattr(w, "_options_values", ())]
-            labels = [str(v) for v in getattr(w, "_options_labels", ())]
-            classes = set(getattr(w, "_dom_classes", ()))
-            if "UTC" in values or any("UTC" in t for t in labels) \
-                    or classes & {"mbo-tz", "mbo-map-zone"}:
-                out.append(w)
-        todo.extend(getattr(w, "children", ()) or ())
-    return out
-
-
 def test_dashboard_has_one_time_zone_control_that_drives_the_map(session):
     """With the liquidity map embedded, the header's zone choice is the only zone control
     in the widget tree and it relabels the map (axis, ticks, status) without a query."""
     from mbo_lab.viz.dashboard import _liquidity_map_class
+    from mbo_lab.viz.liquidity_map import LiquidityMap
 
-    if _liquidity_map_class() is None:
-        pytest.skip("mbo_lab/viz/liquidity_map.py is not there")
+    assert _liquidity_map_class() is LiquidityMap  # a broken map import fails here
     session.time_zone = "America/Chicago"
     dash = Dashboard(session)
     m = dash.map
