@@ -42,31 +42,22 @@ def _records_in(path: Path) -> int:
 
 
 def encodings(path: Path, n: int, levels: int = 10) -> None:
-    """Write the same MBP-10 tables (the F_LAST states of the first ``n`` records, as the
-    CLI builds them: float prices, row groups of 128Ki states) with several Parquet
-    options; print file size, write time (wall and CPU of the process) and rows/s."""
-    import pyarrow as pa
+    """Write the same MBP-10 tables (the F_LAST states of the first ``n`` records, built
+    by the CLI's own ``mbo_lab.cli._mbp_tables``: float prices, row groups of 128Ki states)
+    with several Parquet options; print file size, write time (wall and CPU of the process)
+    and rows/s."""
     import pyarrow.parquet as pq
 
     from mbo_lab.book.build import iter_frames
-    from mbo_lab.cli import _mbp_schema
-    from mbo_lab.store import (
-        COMPRESSIONS,
-        ROW_GROUP_ROWS,
-        ParallelParquetWriter,
-        book_columns,
-        parquet_options,
-    )
+    from mbo_lab.cli import _mbp_schema, _mbp_tables
+    from mbo_lab.store import COMPRESSIONS, ParallelParquetWriter, parquet_options
 
     schema = _mbp_schema(levels, {})
     tables, seen = [], 0
+    # reuse=False: every chunk's frames stay valid while all the tables are held
     for chunk, fr in iter_frames(path, levels, "numba", 1 << 20, progress=False,
                                  reuse=False, price_type="float"):
-        for lo in range(0, len(fr), ROW_GROUP_ROWS):
-            r = slice(lo, min(len(fr), lo + ROW_GROUP_ROWS))
-            rec = {k: v[r] for k, v in fr.fields.items()}
-            tables.append(pa.table(book_columns(fr, r, rec, levels, chunk.symbols,
-                                                fixed=False)).cast(schema))
+        tables.extend(_mbp_tables(chunk, fr, levels, schema))
         seen += len(chunk.records)
         if seen >= n:
             break
@@ -174,6 +165,10 @@ def cli(files: list[Path], lock: str | None, tables: str, chunk: int | None,
                 if only and not label.startswith(only):
                     continue
                 dt, rss, rc, text = _run(cmd, lock, big)
+                # the command's own time, from the summary line mbo_lab/cli.py prints:
+                # cmd_mbp's print(f"wrote {rows:,} book states ... in {...:.2f} s") and
+                # cmd_export's print(f"exported ... to {out_dir} in {seconds:.2f} s (...)");
+                # change this pattern with those prints
                 m = re.search(r" in ([0-9.]+) s", text)
                 inner = float(m.group(1)) if m else float("nan")
                 size = (target.stat().st_size if target.is_file() else

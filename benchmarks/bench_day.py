@@ -45,11 +45,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, os, resource, sys, time
 sys.path.insert(0, {root!r})
+sys.path.insert(0, {bench!r})
 import numpy as np
 import mbo_lab
-from mbo_lab.book import kernel as K
+from _kernel import kernel_buffer
 from mbo_lab.book.engine import NumbaEngine, _readonly
-from mbo_lab.book.frames import FrameBuffer
 
 case, path, n, nbytes = {case!r}, {path!r}, {n}, {nbytes}
 mbo_lab.warmup()
@@ -71,24 +71,16 @@ if case.startswith("kernel") and "x" in case:
     from mbo_lab.book import build as B
     levels, nthreads = (int(x) for x in case[6:].split("x"))
     recs = _readonly(data.records)
-    n_last, n_tr, _ = K.scan_counts(recs)
+    buf, n_tr = kernel_buffer(recs, levels)  # pre-touched; not warmed (no 1-thread run)
     nthreads, mul = B._plan_threads(recs, nthreads)
     res["threads"] = nthreads
-    buf = FrameBuffer(n_last, levels, column_major=levels > 1)
-    for a in buf.kernel_outputs():
-        a.view(np.uint8).fill(0)
     tr = np.zeros(n_tr, np.int64)
     timed(lambda: B._run_threads(recs, buf, tr, levels, nthreads, mul, B.THREAD_CHUNK, None))
     res["frame_bytes"] = 0
 elif case.startswith("kernel"):
     levels = int(case[6:])
     recs = _readonly(data.records)
-    n_last, n_tr, _ = K.scan_counts(recs)
-    buf = FrameBuffer(n_last, levels, column_major=levels > 1)
-    for a in buf.kernel_outputs():
-        a.view(np.uint8).fill(0)  # pre-touched: the kernel alone is timed
-    NumbaEngine(levels, trades=False).run(recs[:1_000_000], buf, 0,
-                                          np.zeros(0, np.int64), 0)
+    buf, _ = kernel_buffer(recs, levels, warm=1_000_000)  # the kernel alone is timed
     eng = NumbaEngine(levels, trades=False)
     timed(lambda: eng.run(recs, buf, 0, np.zeros(0, np.int64), 0))
     res["frame_bytes"] = 0
@@ -151,7 +143,8 @@ def settle(quiet_s: float = 3.0, max_s: float = 60.0) -> None:
 
 def run_case(case: str, path: Path, n: int, nbytes: int = 0, lock: str | None = None,
              cache: str | None = None) -> dict:
-    code = CHILD.format(root=str(ROOT), case=case, path=str(path), n=n, nbytes=nbytes)
+    code = CHILD.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), case=case,
+                        path=str(path), n=n, nbytes=nbytes)
     cmd = [sys.executable, "-c", code]
     if lock:
         cmd = ["flock", lock] + cmd

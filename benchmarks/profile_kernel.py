@@ -8,8 +8,9 @@ kernel's disassembly:
 
 * the share of samples inside ``apply_records`` (the rest is Python and other calls),
 * the hottest instructions and the hottest 256-byte windows of the function,
-* an annotated disassembly (``--out``, default ``kernel_profile.txt``): every instruction
-  with its share of samples, to read next to ``mbo_lab/book/kernel.py``.
+* an annotated disassembly (``--out``, default ``test-output/kernel_profile.txt``, a
+  git-ignored folder): every instruction with its share of samples, to read next to
+  ``mbo_lab/book/kernel.py``.
 
 ``cpu-clock`` samples land on the instruction *after* a stall (skid), and without branch
 counters a mispredict shows up as time on the work that follows it; read windows, not
@@ -41,11 +42,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _kernel, also when not run as a script
+
+from _kernel import kernel_buffer  # noqa: E402
 
 import mbo_lab  # noqa: E402
 from mbo_lab.book import kernel as K  # noqa: E402
 from mbo_lab.book.engine import NumbaEngine, _readonly  # noqa: E402
-from mbo_lab.book.frames import FrameBuffer  # noqa: E402
 
 CODE_BYTES = 1 << 16  # the kernel's machine code is ~40 KiB; read this much of it
 
@@ -84,7 +87,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="sampling time")
     ap.add_argument("--freq", type=int, default=4000, help="samples per second")
     ap.add_argument("--top", type=int, default=30, help="hottest instructions shown")
-    ap.add_argument("--out", default="kernel_profile.txt", help="annotated disassembly")
+    ap.add_argument("--out", default=str(ROOT / "test-output" / "kernel_profile.txt"),
+                    help="annotated disassembly (its folder is created)")
     args = ap.parse_args()
     for tool in ("perf", "objdump"):
         if shutil.which(tool) is None:
@@ -92,12 +96,8 @@ def main() -> None:
                      f"{'linux-perf' if tool == 'perf' else 'binutils'})")
 
     recs = _records(args.data, int(args.records))
-    n_last, _, _ = K.scan_counts(recs)
-    buf = FrameBuffer(n_last, args.levels, column_major=args.levels > 1)
-    for a in buf.kernel_outputs():
-        a.view(np.uint8).fill(0)  # pre-touched: only the kernel is sampled
+    buf, _ = kernel_buffer(recs, args.levels, warm=10_000)  # pre-touched, compiled
     none = np.zeros(0, np.int64)
-    NumbaEngine(args.levels, trades=False).run(recs[:10_000], buf, 0, none, 0)
     addrs = _kernel_addresses()
     if len(addrs) != 1:
         print(f"note: {len(addrs)} compiled signatures; profiling the first", file=sys.stderr)
@@ -154,6 +154,7 @@ def main() -> None:
             lines[off] = line.strip()
             share = hist.get(off, 0) / max(inside, 1)
             annotated.append(f"{share:6.2%} {line}" if share else f"{'':7s}{line}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(annotated) + "\n")
     print("\nhottest instructions (share of kernel samples; offset from the entry):")
     for off, c in hist.most_common(args.top):

@@ -200,18 +200,37 @@ def _writer_threads() -> int:
     return max(2, min(4, _usable_cpus()))
 
 
-def cmd_mbp(args: argparse.Namespace) -> int:
+def _mbp_tables(chunk, fr, levels: int, schema=None, *, rows: int | None = None,
+                fixed: bool = False):
+    """Arrow tables of the book states ``fr`` of ``chunk`` (an :func:`iter_frames` pair, or
+    anything with ``records``, ``first_index`` and ``symbols``) as ``mbo-lab mbp`` writes
+    them: one table per row group of at most ``rows`` states (default ``ROW_GROUP_ROWS``,
+    128Ki), built only when the next one is asked for, with the F_LAST records' fields from
+    ``fr.fields`` (else from ``chunk.records``), the columns of
+    :func:`mbo_lab.store.book_columns` (``fixed``: also the exact fixed-point prices) and
+    cast to ``schema`` when given and different. The tables are views of ``fr``'s
+    buffers: valid while those are."""
     import pyarrow as pa
 
+    from .store import ROW_GROUP_ROWS, book_columns
+
+    step = ROW_GROUP_ROWS if rows is None else int(rows)
+    for lo in range(0, len(fr), step):
+        r = slice(lo, min(len(fr), lo + step))
+        if fr.fields is not None:
+            rec = {k: v[r] for k, v in fr.fields.items()}
+        else:
+            rec = chunk.records[fr.index[r] - chunk.first_index]
+        tbl = pa.table(book_columns(fr, r, rec, levels, chunk.symbols, fixed=fixed))
+        if schema is not None and tbl.schema != schema:
+            tbl = tbl.cast(schema)
+        yield tbl
+
+
+def cmd_mbp(args: argparse.Namespace) -> int:
     from .book.build import every_ns, iter_frames
     from .config import check_levels, get_settings
-    from .store import (
-        ROW_GROUP_ROWS,
-        ParallelParquetWriter,
-        book_columns,
-        check_input,
-        check_output_file,
-    )
+    from .store import ParallelParquetWriter, check_input, check_output_file
     from .store import parquet_options as pq_options
 
     s = get_settings(engine=args.engine, chunk_records=args.chunk_records)
@@ -251,16 +270,7 @@ def cmd_mbp(args: argparse.Namespace) -> int:
         written_by_slot: dict[int, int] = {}
         for i, (chunk, fr) in enumerate(frames):
             slot = i % 2
-            syms = chunk.symbols
-            for lo in range(0, len(fr), ROW_GROUP_ROWS):  # row groups of <= 128Ki states
-                r = slice(lo, min(len(fr), lo + ROW_GROUP_ROWS))
-                if fr.fields is not None:
-                    rec = {k: v[r] for k, v in fr.fields.items()}
-                else:
-                    rec = chunk.records[fr.index[r] - chunk.first_index]
-                tbl = pa.table(book_columns(fr, r, rec, levels, syms, fixed=False))
-                if tbl.schema != schema:
-                    tbl = tbl.cast(schema)
+            for tbl in _mbp_tables(chunk, fr, levels, schema):  # row groups, built lazily
                 bg.write(tbl)  # encoded in a second thread while the next slice is built
                 rows += tbl.num_rows
             del fr
@@ -291,14 +301,14 @@ class _BackgroundWriter:
     """Writes Arrow tables with ``writer`` in one background thread (Parquet encoding and
     compression release the GIL). The queue holds tables that are views of the caller's
     buffers, so it costs no memory of its own; the caller bounds it by waiting before it
-    reuses a buffer (:meth:`drain`, :meth:`wait_written`). An error of the thread is
+    reuses a buffer (:meth:`wait_written`). An error of the thread is
     raised by the next :meth:`write`, :meth:`wait_written` or by :meth:`close`."""
 
-    def __init__(self, writer, depth: int = 0):
+    def __init__(self, writer):
         import queue
 
         self.writer = writer
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.q: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.stopped = False
         self.queued = 0  # tables handed to write()
@@ -323,11 +333,6 @@ class _BackgroundWriter:
                 with self._cond:
                     self.written += 1
                     self._cond.notify_all()
-                self.q.task_done()
-
-    def drain(self) -> None:
-        """Wait until every queued table is written (their buffers may then be reused)."""
-        self.wait_written(self.queued)
 
     def wait_written(self, n: int) -> None:
         """Wait until the first ``n`` tables given to :meth:`write` are written."""
@@ -351,7 +356,7 @@ class _BackgroundWriter:
 
     def abort(self) -> None:
         self.stopped = True
-        while True:  # make room for the sentinel without blocking
+        while True:  # drop the tables not written yet
             try:
                 self.q.get_nowait()
             except Exception:  # noqa: BLE001 - queue.Empty

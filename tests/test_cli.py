@@ -402,20 +402,31 @@ def test_mbp_sampling_options_match_the_api(opts, kw, tmp_path, capsys):
     assert "--every" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("compression", ["zstd", "lz4", "snappy", "none"])
-def test_mbp_compressions_write_the_api_table(compression, tmp_path):
-    """Every --compression writes one standard Parquet file (row groups encoded in threads,
-    two kernel buffers in turn: chunks of 2500 records) that pandas reads back as
-    mbo_lab.mbp's table: same states, values and column dtypes as the CLI's schema."""
+def test_cli_compressions_are_the_stores():
     from mbo_lab import cli, store
 
     assert cli._COMPRESSIONS == store.COMPRESSIONS
-    f = mbo_lab.write_synth(tmp_path / "s.dbn", 40_000, seed=9, progress=False)
+
+
+@pytest.fixture(scope="module")
+def synth_40k(tmp_path_factory):
+    """A 40k-record synthetic file and mbo_lab.mbp(levels=4)'s table of it (read-only:
+    shared by the --compression cases)."""
+    f = mbo_lab.write_synth(tmp_path_factory.mktemp("synth40k") / "s.dbn", 40_000, seed=9,
+                            progress=False)
+    return f, mbo_lab.mbp(f, levels=4)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4", "snappy", "none"])
+def test_mbp_compressions_write_the_api_table(compression, synth_40k, tmp_path):
+    """Every --compression writes one standard Parquet file (row groups encoded in threads,
+    two kernel buffers in turn: chunks of 2500 records) that pandas reads back as
+    mbo_lab.mbp's table: same states, values and column dtypes as the CLI's schema."""
+    f, want = synth_40k
     out = tmp_path / f"{compression}.parquet"
     assert main(["mbp", str(f), "--levels", "4", "-o", str(out), "--chunk-records", "2500",
                  "--compression", compression]) == 0
     got = pd.read_parquet(out)
-    want = mbo_lab.mbp(f, levels=4)
     assert len(got) == len(want) > 20_000
     np.testing.assert_array_equal(got.index.asi8, want.index.asi8)
     for c in want.columns:

@@ -6,10 +6,12 @@ import json
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import fail_on_call
 
 import mbo_lab
 from mbo_lab import store
@@ -230,16 +232,7 @@ def test_failed_export_leaves_previous_data(recs, tmp_path, monkeypatch):
     out = tmp_path / "crash"
     store.export(recs, out, levels=1, what=("bbo",), progress=False)
     before = store.read(out, "bbo")
-    calls = {"n": 0}
-    orig = store._Staging.write
-
-    def boom(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("disk full")
-        return orig(self, *a, **k)
-
-    monkeypatch.setattr(store._Staging, "write", boom)
+    fail_on_call(monkeypatch, store._Staging, "write", 3, RuntimeError("disk full"))
     with pytest.raises(RuntimeError, match="disk full"):
         store.export(recs[:10_000], out, levels=1, what=("bbo",), chunk_records=1_000,
                      progress=False)
@@ -508,17 +501,29 @@ def test_changes_only_equals_the_api(recs, tmp_path):
 # --------------------------------------------------------------------------- parquet writer
 
 
-def _book_tables(recs: np.ndarray, levels: int, rows_per_table: int) -> list:
-    """Arrow tables of MBP-``levels`` states of ``recs`` (float prices; a NaN empty level,
-    a null-free symbol column), as the CLI builds them."""
-    import pyarrow as pa
+@pytest.fixture(scope="module")
+def book_tables(recs):
+    """``book_tables(levels, rows_per_table)``: Arrow tables of the MBP-``levels`` states
+    of ``recs``, one per ``rows_per_table`` states, built by the CLI's row-group builder
+    (``cli._mbp_tables``) from fixed-point frames with ``fixed=True``: float prices (NaN
+    for an empty level) plus the exact ``<side>_px_<k>_fixed`` columns (the CLI writes float
+    prices only), and a null-free symbol column. Built once per (levels, rows_per_table)
+    for the module; the tables are read-only, so the tests share them."""
+    from mbo_lab.cli import _mbp_tables
 
-    df = mbo_lab.mbp(recs, levels=levels, price_type="fixed")
-    fr = mbo_lab.replay_frames(recs, levels)[0]
-    cols = store.book_columns(fr, None, recs[fr.index], levels, SYMBOLS, fixed=True)
-    tbl = pa.table(cols)
-    assert tbl.num_rows == len(df)
-    return [tbl.slice(lo, rows_per_table) for lo in range(0, tbl.num_rows, rows_per_table)]
+    cache: dict[tuple[int, int], list] = {}
+
+    def build(levels: int, rows_per_table: int) -> list:
+        key = (levels, rows_per_table)
+        if key not in cache:
+            fr = mbo_lab.replay_frames(recs, levels)[0]
+            chunk = SimpleNamespace(records=recs, first_index=0, symbols=SYMBOLS)
+            tables = list(_mbp_tables(chunk, fr, levels, rows=rows_per_table, fixed=True))
+            assert sum(t.num_rows for t in tables) == len(fr)
+            cache[key] = tables
+        return cache[key]
+
+    return build
 
 
 def _same(a, b) -> None:
@@ -530,8 +535,9 @@ def _same(a, b) -> None:
                                       err_msg=name)
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("compression", store.COMPRESSIONS)
-def test_parallel_writer_writes_the_tables_in_order(recs, tmp_path, compression):
+def test_parallel_writer_writes_the_tables_in_order(book_tables, tmp_path, compression):
     """Row groups encoded in threads and appended in order: the file reads back as the
     concatenated tables (pyarrow, pandas, DuckDB), one row group per table, with the
     per-column encodings of parquet_options and statistics only on ids/times."""
@@ -539,7 +545,7 @@ def test_parallel_writer_writes_the_tables_in_order(recs, tmp_path, compression)
     import pyarrow.parquet as pq
 
     duckdb = pytest.importorskip("duckdb")
-    tables = _book_tables(recs, 3, 1_500)
+    tables = book_tables(3, 1_500)
     schema = tables[0].schema
     opts = store.parquet_options(schema.names, compression)
     w = store.ParallelParquetWriter(tmp_path / "p.parquet", schema, threads=3, **opts)
@@ -578,14 +584,15 @@ def test_parallel_writer_writes_the_tables_in_order(recs, tmp_path, compression)
     assert n["px"] == int(got["ask_px_01_fixed"][got["ask_sz_01"] > 0].sum())
 
 
-def test_parallel_writer_empty_and_errors(recs, tmp_path, monkeypatch):
+@pytest.mark.timeout(60)
+def test_parallel_writer_empty_and_errors(book_tables, tmp_path, monkeypatch):
     """No table: a valid file with the schema and no rows. A row group larger than the
     thread's output buffer goes to a growing one. A table of another schema: the error
     comes out of the next call, nothing hangs."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = _book_tables(recs, 2, 4_000)
+    tables = book_tables(2, 4_000)
     schema = tables[0].schema
 
     def full(buf):
@@ -614,6 +621,7 @@ def test_parallel_writer_empty_and_errors(recs, tmp_path, monkeypatch):
         store.ParallelParquetWriter(tmp_path / "y.parquet", schema, write_page_index=True)
 
 
+@pytest.mark.timeout(60)
 def test_parallel_writer_holds_at_most_max_pending_tables(tmp_path, monkeypatch):
     """write() blocks while max_pending tables are queued or being encoded (bounded memory
     whatever the caller queues), then goes on; the file is still complete and in order."""
@@ -647,6 +655,7 @@ def test_parallel_writer_holds_at_most_max_pending_tables(tmp_path, monkeypatch)
         list(range(500))
 
 
+@pytest.mark.timeout(60)
 def test_export_waits_for_a_commit_in_progress(tmp_path, monkeypatch):
     """Two exports into one folder at once (as batch workers do): the second one's start
     check waits while the first one's commit has moved its files in but not yet written
